@@ -1,0 +1,5 @@
+import sys
+
+from navistore.cli import main
+
+sys.exit(main())

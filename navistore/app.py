@@ -1,0 +1,151 @@
+"""The Falcon app factory: routes in, domain errors turned into HTTP errors in one place."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+import falcon
+
+from navistore import errors
+from navistore.node import Node
+from navistore.resources.changes import ChangesResource
+from navistore.resources.keys import KeyResource, KeysResource
+from navistore.resources.system import HealthResource, PluginsResource, StatusResource
+
+access_log = logging.getLogger("navistore.access")
+
+# Most specific first: the first class an error is an instance of decides its status.
+_STATUS: tuple[tuple[type[errors.NavistoreError], str], ...] = (
+    (errors.InvalidRequest, falcon.HTTP_400),
+    (errors.KeyNotFound, falcon.HTTP_404),
+    (errors.ChangesGone, falcon.HTTP_410),
+    (errors.PreconditionFailed, falcon.HTTP_412),
+    (errors.ValueTooLarge, falcon.HTTP_413),
+    (errors.TooManyWatchers, falcon.HTTP_429),
+    (errors.StoreFull, falcon.HTTP_507),
+    (errors.StoreError, falcon.HTTP_503),
+    (errors.NavistoreError, falcon.HTTP_500),
+)
+
+
+def _domain_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
+    """Answer a NavistoreError with its status and a JSON body that says what went wrong."""
+    assert isinstance(exc, errors.NavistoreError)
+    status = next(code for cls, code in _STATUS if isinstance(exc, cls))
+    body: dict[str, Any] = {"title": exc.title, "description": exc.description}
+    if isinstance(exc, errors.PreconditionFailed) and exc.index is not None:
+        body["index"] = exc.index
+    if isinstance(exc, errors.StoreBusy | errors.TooManyWatchers | errors.StaleStamp):
+        resp.set_header("Retry-After", str(getattr(exc, "retry_after", 1)))
+    if status == falcon.HTTP_500:
+        access_log.error("internal error on %s %s: %s", req.method, req.path, exc)
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = json.dumps(body).encode()
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon's own errors (404, 405, bad media...) as JSON, whatever the client accepts."""
+    body = exc.to_dict()
+    if "description" not in body:
+        if exc.status_code == 404:
+            body["description"] = f"no route matches {req.path}; the API lives under /v1"
+        elif exc.status_code == 405:
+            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            body["description"] = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
+        else:
+            body["description"] = body.get("title", "")
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = json.dumps(body).encode()
+
+
+class TokenAuth:
+    """Require ``Authorization: Bearer <token>`` on ``/v1``, compared in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not req.path.startswith("/v1"):
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, credential = header.partition(" ")
+        given = credential.strip().encode("utf-8", "replace")
+        if not (hmac.compare_digest(given, self._token) and scheme.lower() == "bearer"):
+            raise falcon.HTTPUnauthorized(
+                title="Unauthorized",
+                description="this server needs 'Authorization: Bearer <token>' on /v1 requests",
+                challenges=['Bearer realm="navistore"'],
+            )
+
+
+class AccessLog:
+    """One line per request on stderr: client, request line, status, size, duration."""
+
+    def __init__(self, json_format: bool = False) -> None:
+        self._json = json_format
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
+        uri = req.env.get("REQUEST_URI") or req.relative_uri
+        size = resp.content_length if resp.content_length is not None else len(resp.render_body() or b"")
+        status = resp.status_code
+        if self._json:
+            access_log.info(
+                json.dumps(
+                    {
+                        "client": req.remote_addr,
+                        "method": req.method,
+                        "uri": uri,
+                        "status": status,
+                        "bytes": size,
+                        "ms": round(elapsed_ms, 2),
+                    }
+                )
+            )
+        else:
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms', req.remote_addr, req.method, uri, status, size, elapsed_ms
+            )
+
+
+def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
+    """Build the Falcon app for ``node``.
+
+    Without a node (``waitress-serve --call navistore:create_app``), one is built from the
+    ``NAVISTORE_*`` environment (and ``settings`` given as keyword arguments), and started.
+    """
+    if node is None:
+        from navistore.settings import load_settings
+
+        node = Node(load_settings(flags=settings))
+        node.start()
+    middleware: list[Any] = [AccessLog(node.settings.log_format == "json")]
+    if node.settings.token:
+        middleware.insert(0, TokenAuth(node.settings.token))
+    app = falcon.App(middleware=middleware)
+    app.req_options.auto_parse_qs_csv = False
+    app.set_error_serializer(_serialize_error)
+    app.add_error_handler(errors.NavistoreError, _domain_error)
+    app.add_route("/v1/keys", KeysResource(node))
+    app.add_route("/v1/keys/{key:path}", KeyResource(node))
+    app.add_route("/v1/changes", ChangesResource(node))
+    app.add_route("/v1/status", StatusResource(node))
+    app.add_route("/v1/plugins", PluginsResource(node))
+    app.add_route("/healthz", HealthResource(node))
+    for routes in node.plugins.hook.navistore_routes(node=node):
+        for template, resource in routes or []:
+            app.add_route(template, resource)
+    return app
+

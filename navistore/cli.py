@@ -1,0 +1,112 @@
+"""The ``navistore`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from navistore._version import __version__
+from navistore.errors import NavistoreError, PluginError, SettingsError
+from navistore.plugins import Plugins, get_plugin_manager, plugins_report, resolve_replicator_name
+from navistore.settings import Settings, add_arguments, load_settings
+from navistore.store import url_scheme
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {name: getattr(args, name, None) for name in vars(args)}
+    return load_settings(flags=flags, config=args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from navistore.server import serve
+
+    return serve(_settings(args))
+
+
+def _active(plugins: Plugins, settings: Settings) -> tuple[str | None, str | None, list[str]]:
+    """The backend and replicator the settings would use, and why not where one is missing."""
+    problems = []
+    backend = replicator = None
+    try:
+        backend = plugins.backend_for(url_scheme(settings.store))[0].name
+    except NavistoreError as exc:
+        problems.append(f"store {settings.store}: {exc.description}")
+    name = resolve_replicator_name(settings.replicator, list(settings.peer))
+    if name:
+        try:
+            replicator = plugins.replicator(name)[0].name
+        except NavistoreError as exc:
+            problems.append(f"replicator: {exc.description}")
+    return backend, replicator, problems
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    plugins = get_plugin_manager()
+    backend, replicator, problems = _active(plugins, settings)
+    report = plugins_report(plugins, backend, replicator)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    for info in report["plugins"]:
+        where = f"{info['distribution']} {info['version']}" if info["distribution"] else info["module"]
+        state = "disabled" if info["disabled"] else ("FAILED" if info["error"] else "loaded")
+        print(f"{info['name']}  ({where})  {state}")
+        if info["hooks"]:
+            print(f"    hooks: {', '.join(info['hooks'])}")
+        for b in info["backends"]:
+            caps = ", ".join(b["capabilities"]) or "none"
+            print(f"    backend {b['name']}: schemes {', '.join(b['schemes'])}; capabilities {caps}")
+            if b["description"]:
+                print(f"        {b['description']}")
+        for r in info["replicators"]:
+            print(f"    replicator {r['name']}: {r['description']}")
+        if info["error"]:
+            print(f"    error: {info['error']}")
+    if not report["plugins"]:
+        print("no plugins installed")
+    print(f"active backend: {backend or 'none'} (store {settings.store})")
+    print(f"active replicator: {replicator or 'none'}")
+    for problem in problems:
+        print(f"problem: {problem}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="navistore", description="A key-value store that speaks HTTP."
+    )
+    parser.add_argument("--version", action="version", version=f"navistore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="serve the REST API (sqlite, 127.0.0.1:8888)")
+    add_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    plugins = commands.add_parser("plugins", help="list plugins, what they provide, load errors")
+    add_arguments(plugins)
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SettingsError, PluginError) as exc:
+        print(f"navistore: error: {exc.description}", file=sys.stderr)
+        return EXIT_USAGE
+    except NavistoreError as exc:
+        print(f"navistore: {exc.title.lower()}: {exc.description}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

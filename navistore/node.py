@@ -1,0 +1,459 @@
+"""The Node: one running Navistore instance, and the one place where the rules live.
+
+Resources parse HTTP and call a Node; backends store what a Node hands them. Key rules, limits,
+TTL, preconditions and stamps are checked and made here, once, so every route and every backend
+gets them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from navistore._version import __version__
+from navistore.errors import (
+    ChangesGone,
+    InvalidKey,
+    InvalidRequest,
+    KeyNotFound,
+    PreconditionFailed,
+    StaleStamp,
+    ValueTooLarge,
+)
+from navistore.plugins import Plugins, get_plugin_manager, plugins_report, resolve_replicator_name
+from navistore.record import (
+    ANY,
+    DEFAULT_CONTENT_TYPE,
+    NODE_ID_PATTERN,
+    PRESENT,
+    Clock,
+    Expect,
+    Record,
+    make_stamp,
+    parse_stamp,
+)
+from navistore.settings import Settings
+from navistore.store import Backend, Store, url_scheme
+
+log = logging.getLogger("navistore")
+
+MAX_KEY_BYTES = 1024
+MAX_TTL = 31_536_000
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+MAX_BATCH_OPS = 128
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_CONTENT_TYPE = 255
+TOMBSTONE_GRACE = 7 * 24 * 3600.0
+PURGE_INTERVAL = 60.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_STALE_RETRIES = 8
+
+# Meta names the core owns; plugins should prefix theirs with their own name.
+META_NODE_ID = "navistore.node_id"
+META_STORE_ID = "navistore.store_id"
+META_CLOCK = "navistore.clock"
+META_PURGED_SEQ = "navistore.purged_seq"
+
+
+def check_key(key: str) -> None:
+    """Raise ``InvalidKey`` unless ``key`` is 1 to 1024 UTF-8 bytes without control characters."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("the key is empty; a key is 1 to 1024 bytes of UTF-8")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKey("the key is not valid Unicode (it holds a lone surrogate)") from None
+    if size > MAX_KEY_BYTES:
+        raise InvalidKey(f"the key is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes of UTF-8")
+    match = _CONTROL.search(key)
+    if match:
+        raise InvalidKey(
+            f"the key holds the control character U+{ord(match.group()):04X} at position "
+            f"{match.start()}; keys may not hold U+0000-U+001F or U+007F"
+        )
+
+
+def past_prefix(prefix: str) -> str:
+    """An ``after`` bound that sorts after every legal key starting with ``prefix``.
+
+    Keys are at most 1024 bytes, and U+10FFFF is the largest character (4 bytes of UTF-8), so no
+    legal key that starts with ``prefix`` reaches ``prefix`` followed by 256 of them.
+    """
+    return prefix + "\U0010ffff" * (MAX_KEY_BYTES // 4)
+
+
+def _generated_node_id() -> str:
+    host = re.sub(r"[^a-z0-9_.-]", "-", socket.gethostname().lower()).strip("-._")[:20]
+    return f"{host or 'node'}-{secrets.token_hex(3)}"
+
+
+class Node:
+    """One Navistore instance: its settings, store, clock, plugins and replication."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        plugins: Plugins | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.plugins = plugins or get_plugin_manager()
+        if store is None:
+            self.backend, store = self._open_store(self.settings.store)
+        else:
+            self.backend = Backend(name=type(store).__name__, schemes=(), factory=lambda url: store)
+        self.store: Store = store
+        self.replication: Any = None
+        self.replicator_name = resolve_replicator_name(self.settings.replicator, list(self.settings.peer))
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._purger: threading.Thread | None = None
+        try:
+            self.node_id = self._node_id()
+            self.store_id = self._meta_default(META_STORE_ID, lambda: uuid.uuid4().hex)
+            self.clock = Clock(self.node_id)
+            self._start_clock()
+            if self.replicator_name:
+                replicator, _ = self.plugins.replicator(self.replicator_name)
+                self.replication = replicator.factory(self)
+        except BaseException:
+            self.store.close()
+            raise
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def _open_store(self, url: str) -> tuple[Backend, Store]:
+        backend, _ = self.plugins.backend_for(url_scheme(url))
+        return backend, backend.factory(url)
+
+    def _meta_default(self, name: str, make) -> str:
+        value = self.store.meta_get(name)
+        if value is None:
+            value = make()
+            self.store.meta_set(name, value)
+        return value
+
+    def _node_id(self) -> str:
+        if self.settings.node_id:
+            return self.settings.node_id
+        node_id = self._meta_default(META_NODE_ID, _generated_node_id)
+        if not NODE_ID_PATTERN.match(node_id):
+            raise InvalidRequest(f"the store holds a malformed node id {node_id!r}")
+        return node_id
+
+    def _start_clock(self) -> None:
+        """Start the clock past the largest stamp in the store.
+
+        Local stamps follow wall time, which moves on across a restart; only stamps observed from
+        peers can be ahead of it, and ``merge`` records the furthest in the meta. The newest
+        changes are observed too, in case the wall clock went back.
+        """
+        saved = self.store.meta_get(META_CLOCK)
+        if saved:
+            self.clock.observe(saved)
+        last = self.store.last_seq()
+        for record in self.store.changes(max(0, last - 100), 100):
+            self.clock.observe(record.stamp)
+
+    def start(self) -> None:
+        """Start background work: replication, and the purge of expired records and tombstones."""
+        if self.replication is not None:
+            self.replication.start()
+        self._purger = threading.Thread(target=self._purge_loop, name="navistore-purge", daemon=True)
+        self._purger.start()
+
+    def begin_shutdown(self) -> None:
+        """Wake every waiting watch so it answers now; new watches answer at once."""
+        self._stopping.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stop replication and background work, then close the store."""
+        self.begin_shutdown()
+        if self.replication is not None:
+            self.replication.stop()
+        if self._purger is not None:
+            self._purger.join(timeout=5)
+        self.store.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Record:
+        """Return the live record for ``key``; ``KeyNotFound`` when absent, deleted or expired."""
+        check_key(key)
+        record = self.store.get(key)
+        if record is None:
+            raise KeyNotFound(f"no key {key!r}")
+        return record
+
+    def list(
+        self, prefix: str = "", after: str = "", limit: int = DEFAULT_LIMIT, separator: str = ""
+    ) -> tuple[list[Record], list[str], str | None]:
+        """List live keys (without values) in key order: (records, folded prefixes, next)."""
+        _check_limit(limit)
+        if not separator:
+            records = self.store.scan(prefix, after, limit + 1, values=False)
+            more = len(records) > limit
+            records = records[:limit]
+            return records, [], (records[-1].key if more else None)
+        return self._list_folded(prefix, after, limit, separator)
+
+    def _list_folded(
+        self, prefix: str, after: str, limit: int, separator: str
+    ) -> tuple[list[Record], list[str], str | None]:
+        """One level of a hierarchy: keys below the next separator fold into a prefix, and the
+        scan jumps past a folded prefix instead of reading every key under it."""
+
+        def folded(key: str) -> str | None:
+            cut = key.find(separator, len(prefix))
+            return key[: cut + len(separator)] if cut >= 0 else None
+
+        # An `after` that is itself a folded prefix (the `next` of a previous page) skips it.
+        if after.startswith(prefix) and folded(after) == after:
+            after = past_prefix(after)
+        records: list[Record] = []
+        prefixes: list[str] = []
+        last = ""
+        while len(records) + len(prefixes) < limit:
+            batch = self.store.scan(prefix, after, limit - len(records) - len(prefixes), values=False)
+            if not batch:
+                return records, prefixes, None
+            for record in batch:
+                head = folded(record.key)
+                if head is None:
+                    records.append(record)
+                    last = after = record.key
+                    continue
+                prefixes.append(head)
+                last, after = head, past_prefix(head)
+                break  # rescan past the folded prefix rather than read what lies under it
+        more = bool(self.store.scan(prefix, after, 1, values=False))
+        return records, prefixes, (last if more else None)
+
+    def changes(
+        self, since: int = 0, limit: int = DEFAULT_LIMIT, prefix: str = "", key: str | None = None
+    ) -> tuple[list[Record], int]:
+        """Return (changes after ``since``, the store's newest seq), tombstones included."""
+        _check_limit(limit)
+        if since < 0:
+            raise InvalidRequest("since must be 0 or more")
+        if key is not None:
+            check_key(key)
+        # Read the newest seq first: a client that got no change may resume from it safely.
+        last_seq = self.store.last_seq()
+        purged = int(self.store.meta_get(META_PURGED_SEQ) or 0)
+        if since < purged:
+            raise ChangesGone(
+                f"changes up to seq {purged} have been purged; since={since} is older. "
+                "Resync from a listing, then watch from its X-Navistore-Index"
+            )
+        if key is None:
+            return self.store.changes(since, limit, prefix), last_seq
+        found: list[Record] = []
+        cursor = since
+        while len(found) < limit:
+            batch = self.store.changes(cursor, MAX_LIMIT, key)
+            found.extend(r for r in batch if r.key == key)
+            if len(batch) < MAX_LIMIT:
+                break
+            cursor = batch[-1].seq
+        return found[:limit], last_seq
+
+    def last_seq(self) -> int:
+        return self.store.last_seq()
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str | None = None,
+        ttl: int | None = None,
+        expect: Expect | str = ANY,
+    ) -> tuple[Record, Record | None]:
+        """Write ``value`` under ``key``; return (stored record, previous live record or None)."""
+        record = self.make_record(key, value, content_type, ttl)
+        return self._commit(record, expect)
+
+    def delete(self, key: str, expect: Expect | str = PRESENT) -> Record:
+        """Delete ``key`` (a tombstone, so it replicates); ``KeyNotFound`` when absent."""
+        check_key(key)
+        try:
+            stored, _ = self._commit(Record(key=key, deleted=True), expect)
+        except PreconditionFailed as exc:
+            if expect is PRESENT and exc.current is None:
+                raise KeyNotFound(f"no key {key!r}") from None
+            raise
+        return stored
+
+    def check_size(self, size: int) -> None:
+        """Raise ``ValueTooLarge`` when a value of ``size`` bytes is over the limit."""
+        if size > self.settings.max_value_size:
+            raise ValueTooLarge(
+                f"the value is {size} bytes; the limit (max_value_size) is "
+                f"{self.settings.max_value_size} bytes"
+            )
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every live key under ``prefix`` (tombstones, so it replicates); return how many."""
+        if prefix:
+            check_key(prefix)
+        deleted = 0
+        after = ""
+        while batch := self.store.scan(prefix, after, DEFAULT_LIMIT, values=False):
+            after = batch[-1].key
+            for record in batch:
+                try:
+                    self._commit(Record(key=record.key, deleted=True), record.stamp)
+                    deleted += 1
+                except PreconditionFailed:
+                    pass  # written or deleted meanwhile: the newer write stands
+        return deleted
+
+    def make_record(
+        self, key: str, value: bytes, content_type: str | None = None, ttl: int | None = None
+    ) -> Record:
+        """Check a write against the rules and build its (unstamped) record."""
+        check_key(key)
+        self.check_size(len(value))
+        content_type = check_content_type(content_type)
+        expires_at = None
+        if ttl is not None:
+            check_ttl(ttl)
+            expires_at = time.time() + ttl
+        return Record(key=key, value=value, content_type=content_type, expires_at=expires_at)
+
+    def _commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
+        for _ in range(_STALE_RETRIES):
+            try:
+                stored, previous = self.store.commit(record.replace(stamp=self.clock.now()), expect)
+            except StaleStamp as exc:
+                # The key holds a newer stamp (a peer's clock runs ahead): stamp again past it.
+                self.clock.observe(exc.stored)
+                continue
+            self.committed(stored, "local")
+            return stored, previous
+        raise StaleStamp(f"could not stamp a write to {record.key!r} past the stored stamp")
+
+    def commit_many(
+        self, items: Sequence[tuple[Record, Expect | str]]
+    ) -> list[tuple[Record, Record | None]]:
+        """Commit checked records all or nothing (``PreconditionFailed.index`` names the op)."""
+        for _ in range(_STALE_RETRIES):
+            stamped = [(record.replace(stamp=self.clock.now()), expect) for record, expect in items]
+            try:
+                results = self.store.commit_many(stamped)
+            except StaleStamp as exc:
+                self.clock.observe(exc.stored)
+                continue
+            for stored, _ in results:
+                self.committed(stored, "local")
+            return results
+        raise StaleStamp("could not stamp the batch past the stored stamps")
+
+    def merge(self, record: Record, origin: str = "peer") -> Record | None:
+        """Apply a replicated record: stored only if its stamp wins. Return it, or None."""
+        check_key(record.key)
+        parse_stamp(record.stamp)
+        if self.clock.observe(record.stamp):
+            # Ahead of wall time: remember it, so a restart starts the clock past it.
+            self.store.meta_set(META_CLOCK, record.stamp)
+        stored = self.store.merge(record)
+        if stored is not None:
+            self.committed(stored, origin)
+        return stored
+
+    def committed(self, record: Record, origin: str) -> None:
+        """Tell plugins and waiting watches about a commit."""
+        with self._changed:
+            self._changed.notify_all()
+        try:
+            self.plugins.hook.navistore_committed(node=self, record=record, origin=origin)
+        except Exception:  # the write is committed; a plugin's failure must not undo the answer
+            log.exception("a navistore_committed hook failed for %r", record.key)
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def purge(self, now: float | None = None, grace: float = TOMBSTONE_GRACE) -> int:
+        """Expire records into tombstones, then drop tombstones every peer has and that are older
+        than ``grace`` seconds. Record how far the change feed is now incomplete."""
+        now = time.time() if now is None else now
+        expired = self.store.purge(now, 0, "")
+        upto = self.store.last_seq()
+        if self.replication is not None and hasattr(self.replication, "purge_upto"):
+            upto = min(upto, self.replication.purge_upto())
+        before = make_stamp(max(0, int((now - grace) * 1000)), 0, "")
+        dropped = self.store.purge(now, upto, before)
+        if dropped:
+            purged = int(self.store.meta_get(META_PURGED_SEQ) or 0)
+            if upto > purged:
+                self.store.meta_set(META_PURGED_SEQ, str(upto))
+        return expired + dropped
+
+    def _purge_loop(self) -> None:
+        while not self._stopping.wait(PURGE_INTERVAL):
+            try:
+                self.purge()
+            except Exception:
+                log.exception("purge failed; will try again")
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "store_id": self.store_id,
+            "version": __version__,
+            "last_seq": self.store.last_seq(),
+            "backend": self.backend.name,
+            "replicator": self.replicator_name,
+        }
+
+    def plugins_report(self) -> dict[str, Any]:
+        return plugins_report(self.plugins, self.backend.name, self.replicator_name)
+
+    def resolve_if_match(self, key: str, etags: list[str]) -> str:
+        """Turn several If-Match candidates into the one stamp the live record has, or fail."""
+        live = self.store.get(key)
+        if live is not None and live.stamp in etags:
+            return live.stamp
+        raise PreconditionFailed(
+            "none of the If-Match etags is current" if live else "the key does not exist",
+            current=live,
+        )
+
+
+def check_ttl(ttl: int) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
+        raise InvalidRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")
+
+
+def check_content_type(content_type: str | None) -> str:
+    if not content_type:
+        return DEFAULT_CONTENT_TYPE
+    if len(content_type) > MAX_CONTENT_TYPE or _CONTROL.search(content_type):
+        raise InvalidRequest(
+            f"the content type must be at most {MAX_CONTENT_TYPE} characters, without control "
+            "characters"
+        )
+    return content_type
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be from 1 to {MAX_LIMIT}")
+

@@ -1,0 +1,31 @@
+"""``/v1/changes``: the change feed, per node."""
+
+from __future__ import annotations
+
+import falcon
+
+from navistore import _http
+from navistore.errors import InvalidRequest
+from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, Node
+
+
+class ChangesResource:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = _http.query(req.env)
+        since = _http.integer(params, "since", 0, 0, 2**63 - 1)
+        limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        if "key" in params and "prefix" in params:
+            raise InvalidRequest("use key= (one key) or prefix= (a subtree), not both")
+        records, last_seq = self.node.changes(
+            since, limit, prefix=params.get("prefix", ""), key=params.get("key")
+        )
+        resp.set_header("X-Navistore-Index", str(last_seq))
+        resp.media = {
+            "changes": [
+                {"seq": r.seq, "key": r.key, "etag": r.etag, "deleted": r.deleted} for r in records
+            ],
+            "last_seq": last_seq,
+        }

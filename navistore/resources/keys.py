@@ -1,0 +1,121 @@
+"""``/v1/keys/{key}`` (one key) and ``/v1/keys`` (listing, delete by prefix)."""
+
+from __future__ import annotations
+
+import falcon
+
+from navistore import _http
+from navistore.errors import InvalidRequest, PreconditionFailed
+from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node
+from navistore.record import ABSENT, ANY, PRESENT, Expect
+
+KEY_ROUTE = "/v1/keys/"
+
+
+def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) -> Expect | str:
+    """Turn If-Match / If-None-Match into what the store must find before writing."""
+    if_match = _http.parse_etags(req.get_header("If-Match"), "If-Match")
+    if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
+    if if_match is not None and if_none_match is not None:
+        raise InvalidRequest("send If-Match or If-None-Match, not both")
+    if if_match == "*":
+        return PRESENT
+    if if_match:
+        # If-Match compares strongly: a weak entity-tag never matches.
+        stamps = [opaque for weak, opaque in if_match if not weak]
+        if not stamps:
+            raise PreconditionFailed("a weak entity-tag never satisfies If-Match")
+        return stamps[0] if len(stamps) == 1 else node.resolve_if_match(key, stamps)
+    if if_none_match == "*":
+        return ABSENT
+    if if_none_match:
+        raise InvalidRequest("on a write, If-None-Match takes only *")
+    return default
+
+
+class KeyResource:
+    """One key: GET, HEAD, PUT, DELETE."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _key(self, req: falcon.Request) -> str:
+        return _http.key_from_path(req.env, KEY_ROUTE)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        record = self.node.get(self._key(req))
+        resp.etag = record.etag
+        resp.content_type = record.content_type
+        if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
+        if if_none_match == "*" or (
+            if_none_match and any(opaque == record.stamp for _, opaque in if_none_match)
+        ):
+            resp.status = falcon.HTTP_304
+            return
+        resp.data = record.value
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        self.on_get(req, resp, key)
+        if resp.status != falcon.HTTP_304:
+            resp.content_length = len(resp.data or b"")
+            resp.data = None
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        key = self._key(req)
+        params = _http.query(req.env)
+        ttl = _http.integer(params, "ttl", None, 1, MAX_TTL)
+        expect = write_condition(req, self.node, key, ANY)
+        if req.content_length is not None:
+            self.node.check_size(req.content_length)  # before a byte of the body is read
+        value = req.bounded_stream.read(self.node.settings.max_value_size + 1)
+        record, previous = self.node.put(key, value, req.content_type, ttl, expect)
+        resp.status = falcon.HTTP_200 if previous is not None else falcon.HTTP_201
+        resp.etag = record.etag
+        resp.media = {"key": key, "etag": record.etag}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        key = self._key(req)
+        if req.get_header("If-None-Match") is not None:
+            raise InvalidRequest("DELETE takes If-Match, not If-None-Match")
+        self.node.delete(key, write_condition(req, self.node, key, PRESENT))
+        resp.media = {"key": key, "deleted": True}
+
+
+class KeysResource:
+    """The key space: a listing page (GET), or a delete by prefix (DELETE)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = _http.query(req.env)
+        limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        separator = params.get("separator", "")
+        last_seq = self.node.last_seq()
+        records, prefixes, next_after = self.node.list(
+            params.get("prefix", ""), params.get("after", ""), limit, separator
+        )
+        resp.set_header("X-Navistore-Index", str(last_seq))
+        body: dict = {
+            "keys": [
+                {
+                    "key": r.key,
+                    "etag": r.etag,
+                    "size": r.size,
+                    "content_type": r.content_type,
+                    "expires_at": r.expires_at,
+                }
+                for r in records
+            ],
+            "next": next_after,
+        }
+        if separator:
+            body["prefixes"] = prefixes
+        resp.media = body
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params = _http.query(req.env)
+        prefix = params.get("prefix", "")
+        if not prefix and not _http.boolean(params, "all"):
+            raise InvalidRequest("an empty prefix deletes every key: add all=true to mean it")
+        resp.media = {"deleted": self.node.delete_prefix(prefix)}

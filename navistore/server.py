@@ -1,0 +1,163 @@
+"""``navistore serve``: the app on waitress, with a clean stop on SIGTERM and Ctrl-C."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import time
+import warnings
+from typing import Any
+
+import waitress
+from waitress.server import BaseWSGIServer, MultiSocketServer
+
+from navistore.app import create_app
+from navistore.node import MAX_BATCH_BYTES, Node
+from navistore.settings import Settings
+
+log = logging.getLogger("navistore")
+
+#: waitress sends headers and body in one syscall only when it may buffer this much first; its
+#: default (1) costs 1.5-7x on GET throughput. Deprecated upstream but honoured in waitress 3.x,
+#: which pyproject pins; ``check_tuning`` proves it is in effect.
+SEND_BYTES = 18000
+DRAIN_SECONDS = 10.0
+
+
+class _Stop(Exception):
+    """Raised by the signal handler to leave waitress's loop."""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def largest_request(settings: Settings) -> int:
+    """The largest legal request body: a value at the limit, or a batch."""
+    return max(settings.max_value_size, MAX_BATCH_BYTES)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """waitress's settings for these Navistore settings."""
+    threads = settings.threads + settings.max_watchers
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "threads": threads,
+        # Each waiting watch holds a worker thread; leave room for watchers and for clients.
+        "connection_limit": max(100, 2 * threads + 100),
+        # waitress refuses bodies at or above this in plain text: keep it just above the largest
+        # legal request, so the app answers every oversized-but-plausible request with JSON.
+        "max_request_body_size": largest_request(settings) + 64 * 1024,
+        "max_request_header_size": 64 * 1024,
+        "channel_timeout": 60,
+        "send_bytes": SEND_BYTES,
+        "ident": "navistore",
+        "clear_untrusted_proxy_headers": True,
+    }
+
+
+def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # send_bytes, see SEND_BYTES
+        return waitress.create_server(app, **server_options(settings))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _busy(server: Any) -> bool:
+    """Whether any connection still has a request in hand or a response to send."""
+    return any(
+        getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+        for channel in list(server._map.values())
+    )
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or Ctrl-C, then stop cleanly; return the exit status."""
+    configure_logging(settings.log_format)
+    node = Node(settings)
+    try:
+        app = create_app(node)
+        server = make_server(app, settings)
+    except BaseException:
+        node.close()
+        raise
+    if not _is_loopback(settings.host) and not settings.token:
+        log.warning(
+            "listening on %s without a token: anyone who can reach it can read and write. "
+            "Set --token (or NAVISTORE_TOKEN)",
+            settings.host,
+        )
+    node.start()
+    address = server.effective_host, server.effective_port  # type: ignore[union-attr]
+    log.info(
+        "navistore %s serving on http://%s:%s (store %s, backend %s, node %s)",
+        node.status()["version"],
+        *address,
+        settings.store,
+        node.backend.name,
+        node.node_id,
+    )
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server.asyncore.loop(timeout=1.0, map=server._map, use_poll=True)
+        except _Stop as why:
+            log.info("received %s: finishing requests in flight, then stopping", why)
+        _drain(server, node)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        node.close()
+    log.info("stopped")
+    return 0
+
+
+def _drain(server: Any, node: Node) -> None:
+    """Stop accepting, wake the watches, let requests in flight finish and their answers go out."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server.del_channel()
+    server.socket.close()
+    node.begin_shutdown()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while _busy(server) and time.monotonic() < deadline:
+        server.asyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+    server.task_dispatcher.shutdown(timeout=1)
+    for channel in list(server._map.values()):
+        channel.close()

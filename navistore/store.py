@@ -1,0 +1,153 @@
+"""The storage contract: the ``Store`` protocol every backend implements, and ``Backend``.
+
+A backend is a class with the methods of ``Store``, plus a ``Backend`` entry that a plugin returns
+from its ``navistore_backends`` hook. Stores are synchronous, thread-safe, and every method is
+atomic. They never make stamps: the Node does; a store keeps and compares what it is given.
+
+Errors a store raises (all in ``navistore.errors``): ``PreconditionFailed`` when ``expect`` does not
+hold, ``StaleStamp`` when ``commit`` gets a stamp not greater than the stored one, ``StoreBusy``
+when it is locked or overloaded (retryable), ``StoreFull`` when the disk is full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from navistore.errors import PreconditionFailed, SettingsError
+from navistore.record import Expect, Record, holds
+
+#: Capabilities a backend may declare. The conformance suite skips (with this reason) what is not.
+CAPABILITIES = {
+    "ttl": "records expire (expires_at) and purge turns them into tombstones",
+    "batch": "commit_many is all or nothing",
+    "persistent": "data survives close() and reopening the same URL",
+    "concurrent": "several threads may commit at once, each commit atomic",
+}
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What the Node needs from storage. Every method is atomic and safe from any thread."""
+
+    def get(self, key: str) -> Record | None:
+        """Return the live record for ``key``: None when absent, deleted or expired."""
+        ...
+
+    def commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
+        """Store a local write or delete if ``expect`` holds against the live record.
+
+        Check and write are one atomic step; raise ``PreconditionFailed`` (with ``current``, the
+        live record or None) and change nothing when the check fails. Raise ``StaleStamp`` when the
+        record's stamp is not greater than the stamp stored for the key, live or not. Return the
+        stored record (with its new seq) and the previous live record, or None.
+        """
+        ...
+
+    def commit_many(
+        self, items: Sequence[tuple[Record, Expect | str]]
+    ) -> list[tuple[Record, Record | None]]:
+        """Commit several records, all or nothing, in order (a later item sees an earlier one).
+
+        A failing precondition raises ``PreconditionFailed`` with ``index`` set to its position.
+        """
+        ...
+
+    def merge(self, record: Record) -> Record | None:
+        """Store a replicated record if its stamp is greater than the stored one's, else ignore it.
+
+        Tombstones and expired records count as stored. Idempotent. Return the stored record, with
+        its new seq, or None when it lost.
+        """
+        ...
+
+    def scan(
+        self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
+    ) -> list[Record]:
+        """Return up to ``limit`` live records whose key starts with ``prefix`` and sorts after
+        ``after``, in bytewise UTF-8 key order. ``values=False`` returns records whose value is
+        None (``size`` still set), so a listing never loads values."""
+        ...
+
+    def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
+        """Return records with seq greater than ``since``, in seq order, tombstones and expired
+        records included. Only the newest version of each key needs to remain."""
+        ...
+
+    def last_seq(self) -> int:
+        """Return the newest seq this store handed out (0 for a new store)."""
+        ...
+
+    def meta_get(self, name: str) -> str | None:
+        """Return a small durable value, or None."""
+        ...
+
+    def meta_set(self, name: str, value: str) -> None:
+        """Store a small durable value."""
+        ...
+
+    def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
+        """Turn records expired at ``now`` into tombstones (same stamp, new seq), then drop
+        tombstones with seq <= ``tombstones_upto_seq`` and stamp < ``tombstones_before_stamp``.
+        Return how many records changed or went. Seqs are never reused afterwards."""
+        ...
+
+    def close(self) -> None:
+        """Release everything; the store is not used again."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A storage backend, as a plugin's ``navistore_backends`` hook returns it.
+
+    ``factory(url)`` opens a Store for a URL with one of ``schemes``; ``capabilities`` names the
+    optional features it has (see ``CAPABILITIES``).
+    """
+
+    name: str
+    schemes: tuple[str, ...]
+    factory: Callable[[str], Store]
+    description: str = ""
+    capabilities: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schemes", tuple(self.schemes))
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+
+
+def check_precondition(expect: Expect | str, live: Record | None, index: int | None = None) -> None:
+    """Raise ``PreconditionFailed`` unless ``expect`` holds against ``live``: for backends."""
+    if not holds(expect, live):
+        if expect is Expect.ABSENT:
+            why = "the key exists"
+        elif live is None:
+            why = "the key does not exist"
+        else:
+            why = f"the current etag is {live.etag}"
+        raise PreconditionFailed(why, current=live, index=index)
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with ``prefix``.
+
+    None when there is none (empty prefix, or all 0xff). UTF-8 never contains 0xff, so for encoded
+    keys this is simply the prefix with its last byte incremented.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of a store URL (``sqlite`` in ``sqlite:///navistore.db``)."""
+    scheme = urlsplit(url).scheme
+    if not scheme or "://" not in url:
+        raise SettingsError(
+            f"store: {url!r} is not a store URL; write it as scheme://..., "
+            "for example sqlite:///navistore.db"
+        )
+    return scheme.lower()
