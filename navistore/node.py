@@ -227,10 +227,13 @@ class Node:
         records: list[Record] = []
         prefixes: list[str] = []
         last = ""
+        size = 8  # small reads first: a folded prefix may hide many keys; grow while none folds
         while len(records) + len(prefixes) < limit:
-            batch = self.store.scan(prefix, after, limit - len(records) - len(prefixes), values=False)
+            wanted = limit - len(records) - len(prefixes)
+            batch = self.store.scan(prefix, after, min(size, wanted), values=False)
             if not batch:
                 return records, prefixes, None
+            size *= 2
             for record in batch:
                 head = folded(record.key)
                 if head is None:
@@ -238,7 +241,7 @@ class Node:
                     last = after = record.key
                     continue
                 prefixes.append(head)
-                last, after = head, past_prefix(head)
+                last, after, size = head, past_prefix(head), 8
                 break  # rescan past the folded prefix rather than read what lies under it
         more = bool(self.store.scan(prefix, after, 1, values=False))
         return records, prefixes, (last if more else None)

@@ -45,13 +45,13 @@ class KeyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         record = self.node.get(self._key(req))
         resp.etag = record.etag
-        resp.content_type = record.content_type
         if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
         if if_none_match == "*" or (
             if_none_match and any(opaque == record.stamp for _, opaque in if_none_match)
         ):
             resp.status = falcon.HTTP_304
             return
+        resp.content_type = record.content_type
         resp.data = record.value
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from navistore import errors
+from navistore.hookspecs import hookimpl
+from navistore.node import META_PURGED_SEQ, check_key, past_prefix
+from navistore.record import ABSENT, PRESENT, Record, make_stamp, parse_stamp
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "a\x00b", "tab\there", "new\nline", "del\x7f", "\x1f", "x" * 1025, "é" * 513, "\ud800"],
+)
+def test_check_key_refuses(key):
+    with pytest.raises(errors.InvalidKey):
+        check_key(key)
+
+
+@pytest.mark.parametrize("key", ["a", "x" * 1024, "é" * 512, "app/db/host", "/", "..", "日本/語", " "])
+def test_check_key_accepts(key):
+    check_key(key)
+
+
+def test_key_error_names_the_limit():
+    with pytest.raises(errors.InvalidKey, match="1025 bytes.*limit.*1024"):
+        check_key("x" * 1025)
+
+
+def test_put_reports_created_then_replaced(node):
+    first, previous = node.put("k", b"one")
+    assert previous is None
+    second, previous = node.put("k", b"two")
+    assert previous.stamp == first.stamp and second.stamp > first.stamp
+    assert node.get("k").value == b"two"
+    assert second.seq > first.seq
+
+
+def test_value_limit_is_configurable(make_node):
+    node = make_node(max_value_size=10)
+    node.put("k", b"x" * 10)
+    with pytest.raises(errors.ValueTooLarge, match="11 bytes.*max_value_size.*10"):
+        node.put("k", b"x" * 11)
+    assert node.get("k").value == b"x" * 10
+
+
+def test_preconditions(node):
+    with pytest.raises(errors.PreconditionFailed):
+        node.put("k", b"v", expect=PRESENT)
+    stored, _ = node.put("k", b"v", expect=ABSENT)
+    with pytest.raises(errors.PreconditionFailed):
+        node.put("k", b"v2", expect=ABSENT)
+    with pytest.raises(errors.PreconditionFailed):
+        node.put("k", b"v2", expect=make_stamp(1, 0, "x"))
+    node.put("k", b"v2", expect=stored.stamp)
+    assert node.get("k").value == b"v2"
+    with pytest.raises(errors.PreconditionFailed):
+        node.delete("k", expect=stored.stamp)  # no longer current
+    assert node.get("k").value == b"v2"
+
+
+def test_delete_absent_is_not_found_and_delete_leaves_a_tombstone(node):
+    with pytest.raises(errors.KeyNotFound):
+        node.delete("nothing")
+    node.put("k", b"v")
+    tomb = node.delete("k")
+    assert tomb.deleted
+    with pytest.raises(errors.KeyNotFound):
+        node.get("k")
+    changes, last = node.changes(0)
+    assert [(c.key, c.deleted) for c in changes] == [("k", True)]
+    assert last == tomb.seq
+
+
+def test_ttl_expires_reads_but_stays_in_the_feed(node):
+    with pytest.raises(errors.InvalidRequest):
+        node.put("k", b"v", ttl=0)
+    with pytest.raises(errors.InvalidRequest):
+        node.put("k", b"v", ttl=31_536_001)
+    before = time.time()
+    stored, _ = node.put("k", b"v", ttl=1)
+    assert stored.expires_at >= before + 1
+    assert node.get("k").value == b"v"
+    time.sleep(1.1)
+    with pytest.raises(errors.KeyNotFound):
+        node.get("k")
+    assert node.list()[0] == []
+    changes, _ = node.changes(0)
+    assert [c.key for c in changes] == ["k"] and not changes[0].deleted
+    node.purge()
+    changes, _ = node.changes(0)
+    assert changes[0].deleted and changes[0].stamp == stored.stamp
+
+
+def test_purge_drops_old_tombstones_and_the_feed_says_gone(node):
+    node.put("a", b"1")
+    node.delete("a")
+    node.put("b", b"2")
+    assert node.purge(grace=3600) == 0  # the tombstone is too young
+    node.purge(now=time.time() + 7200, grace=3600)
+    assert int(node.store.meta_get(META_PURGED_SEQ)) == node.last_seq()
+    with pytest.raises(errors.ChangesGone):
+        node.changes(0)
+    changes, _ = node.changes(node.last_seq())
+    assert changes == []
+
+
+def test_a_write_after_a_future_stamp_still_wins(node):
+    future = make_stamp(int((time.time() + 3600) * 1000), 0, "peer")
+    node.store.merge(Record("k", b"peer", stamp=future))  # behind the Node's back: no observe
+    stored, _ = node.put("k", b"mine")
+    assert stored.stamp > future
+    assert node.get("k").value == b"mine"
+
+
+def test_the_clock_restarts_past_an_observed_future_stamp(make_node):
+    node = make_node("c.db")
+    future = make_stamp(int((time.time() + 3600) * 1000), 5, "peer")
+    assert node.merge(Record("far", b"x", stamp=future)) is not None
+    for i in range(150):  # push it out of the newest changes
+        node.put(f"k{i}", b"v")
+    node.close()
+    again = make_node("c.db")
+    stored, _ = again.put("other", b"v")
+    assert stored.stamp > future
+
+
+def test_node_id_is_generated_once_and_kept(make_node):
+    node = make_node("id.db")
+    node_id, store_id = node.node_id, node.store_id
+    node.close()
+    again = make_node("id.db")
+    assert (again.node_id, again.store_id) == (node_id, store_id)
+    again.close()
+    assert make_node("id.db", node_id="chosen").node_id == "chosen"
+
+
+def test_merge_keeps_the_newest_stamp(node):
+    old = Record("k", b"old", stamp=make_stamp(1000, 0, "a"))
+    new = Record("k", b"new", stamp=make_stamp(2000, 0, "a"))
+    assert node.merge(new) is not None
+    assert node.merge(old) is None
+    assert node.merge(new) is None  # idempotent
+    assert node.get("k").value == b"new"
+    with pytest.raises(ValueError):
+        node.merge(Record("k", b"x", stamp="nonsense"))
+
+
+def test_listing_pages(node):
+    for key in ["b", "a", "é", "c", "ab"]:
+        node.put(key, key.encode())
+    records, prefixes, next_after = node.list(limit=2)
+    assert [r.key for r in records] == ["a", "ab"] and next_after == "ab"
+    assert records[0].value is None and records[0].size == 1
+    records, _, next_after = node.list(after="ab", limit=2)
+    assert [r.key for r in records] == ["b", "c"] and next_after == "c"
+    records, _, next_after = node.list(after="c", limit=2)
+    assert [r.key for r in records] == ["é"] and next_after is None
+    with pytest.raises(errors.InvalidRequest):
+        node.list(limit=1001)
+
+
+def test_listing_one_level_with_a_separator(node):
+    for key in ["a/1", "a/2", "a/x/y", "b", "c/1", "d"]:
+        node.put(key, b"v")
+    records, prefixes, next_after = node.list(separator="/")
+    assert [r.key for r in records] == ["b", "d"] and prefixes == ["a/", "c/"]
+    assert next_after is None
+    seen, after = [], ""
+    while True:
+        records, prefixes, after = node.list(after=after, limit=1, separator="/")
+        seen += [r.key for r in records] + prefixes
+        if after is None:
+            break
+    assert seen == ["a/", "b", "c/", "d"]
+    records, prefixes, _ = node.list(prefix="a/", separator="/")
+    assert [r.key for r in records] == ["a/1", "a/2"] and prefixes == ["a/x/"]
+
+
+def test_folded_prefixes_are_skipped_not_read(make_node):
+    node = make_node()
+    for i in range(300):
+        node.put(f"big/{i:04d}", b"v")
+    node.put("z", b"v")
+    read = []
+    scan = node.store.scan
+
+    def counting_scan(*args, **kwargs):
+        result = scan(*args, **kwargs)
+        read.extend(result)
+        return result
+
+    node.store.scan = counting_scan
+    records, prefixes, _ = node.list(separator="/")
+    assert prefixes == ["big/"] and [r.key for r in records] == ["z"]
+    assert len(read) <= 9  # one small read, then one past the folded prefix
+
+
+def test_past_prefix_sorts_after_every_key_under_the_prefix():
+    longest = "p/" + "\U0010ffff" * 255
+    assert len(longest.encode()) <= 1024
+    assert longest < past_prefix("p/")
+    assert "p0" > past_prefix("p/")
+
+
+def test_changes_by_key_and_prefix(node):
+    for key in ["a/1", "a/2", "b", "a/1"]:
+        node.put(key, b"v")
+    changes, last = node.changes(0, key="a/1")
+    assert [c.key for c in changes] == ["a/1"] and last == 4
+    changes, _ = node.changes(0, prefix="a/")
+    assert [c.key for c in changes] == ["a/2", "a/1"]
+    changes, _ = node.changes(2)
+    assert [c.seq for c in changes] == [3, 4]
+
+
+def test_committed_hook_sees_every_commit(node):
+    seen = []
+
+    class Watcher:
+        @hookimpl
+        def navistore_committed(self, node, record, origin):
+            seen.append((record.key, origin))
+
+    node.plugins.pm.register(Watcher())
+    node.put("a", b"1")
+    node.delete("a")
+    node.merge(Record("b", b"x", stamp=make_stamp(5, 0, "p")))
+    assert seen == [("a", "local"), ("a", "local"), ("b", "peer")]
+
+
+def test_delete_prefix(node):
+    for key in ["a/1", "a/2", "ab", "b"]:
+        node.put(key, b"v")
+    assert node.delete_prefix("a/") == 2
+    assert [r.key for r in node.list()[0]] == ["ab", "b"]
+
+
+def test_status(node):
+    status = node.status()
+    assert status["backend"] == "sqlite" and status["replicator"] is None
+    assert parse_stamp(node.clock.now())[2] == status["node_id"]

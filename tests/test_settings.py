@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pytest
+
+from navistore.errors import SettingsError
+from navistore.settings import SETTINGS, Settings, load_settings
+
+
+def test_defaults_need_no_configuration():
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.store == "sqlite:///navistore.db"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8888)
+
+
+def test_flag_beats_environment_beats_file_beats_default(tmp_path):
+    config = tmp_path / "navistore.toml"
+    config.write_text('port = 7001\nthreads = 3\nnode_id = "from-file"\npeer = ["http://a:1"]\n')
+    env = {"NAVISTORE_PORT": "7002", "NAVISTORE_THREADS": "5"}
+    settings = load_settings(flags={"port": "7003"}, environ=env, config=str(config))
+    assert settings.port == 7003
+    assert settings.threads == 5
+    assert settings.node_id == "from-file"
+    assert settings.peer == ("http://a:1",)
+    assert settings.max_value_size == 1024 * 1024
+
+
+def test_config_path_from_the_environment(tmp_path):
+    config = tmp_path / "n.toml"
+    config.write_text('host = "0.0.0.0"\n')
+    assert load_settings(environ={"NAVISTORE_CONFIG": str(config)}).host == "0.0.0.0"
+
+
+def test_repeatable_settings_from_flags_and_environment():
+    assert load_settings(flags={"peer": ["http://a:1", "http://b:2/"]}, environ={}).peer == (
+        "http://a:1",
+        "http://b:2",
+    )
+    env = {"NAVISTORE_PEER": "http://a:1, http://b:2"}
+    assert load_settings(environ=env).peer == ("http://a:1", "http://b:2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ({"port": "eighty"}, "port"),
+        ({"port": "70000"}, "port"),
+        ({"threads": "0"}, "threads"),
+        ({"node_id": "Upper"}, "node_id"),
+        ({"store": "navistore.db"}, "store"),
+        ({"peer": ["ftp://x"]}, "peer"),
+        ({"log_format": "xml"}, "log_format"),
+        ({"max_value_size": "-1"}, "max_value_size"),
+        ({"token": "has space"}, "token"),
+    ],
+)
+def test_a_bad_value_names_the_setting(flags, named):
+    with pytest.raises(SettingsError, match=f"'{named}'"):
+        load_settings(flags=flags, environ={})
+
+
+def test_a_bad_environment_value_names_the_variable():
+    with pytest.raises(SettingsError, match="NAVISTORE_PORT"):
+        load_settings(environ={"NAVISTORE_PORT": "x"})
+
+
+def test_unknown_or_broken_config_files_are_refused(tmp_path):
+    config = tmp_path / "n.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(SettingsError, match="unknown keys prot"):
+        load_settings(environ={}, config=str(config))
+    config.write_text("port = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(environ={}, config=str(config))
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(environ={}, config=str(tmp_path / "missing.toml"))
+
+
+def test_token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    assert load_settings(flags={"token_file": str(path)}, environ={}).token == "s3cret"
+
+
+def test_every_setting_is_a_field_with_the_same_default():
+    for setting in SETTINGS:
+        assert getattr(Settings(), setting.name) == setting.default
