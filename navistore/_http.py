@@ -23,12 +23,16 @@ def percent_decode(raw: bytes, what: str, plus_is_space: bool = False) -> str:
     if plus_is_space:
         raw = raw.replace(b"+", b" ")
     if _ESCAPE.search(raw):
-        raise error(f"the {what} holds a malformed percent-escape (a '%' not followed by 2 hex digits)")
+        raise error(
+            f"the {what} holds a malformed percent-escape (a '%' not followed by 2 hex digits)"
+        )
     decoded = _HEX.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
     try:
         return decoded.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"the {what} is not valid UTF-8 (byte {exc.start} of the decoded {what})") from None
+        raise error(
+            f"the {what} is not valid UTF-8 (byte {exc.start} of the decoded {what})"
+        ) from None
 
 
 def raw_path(env: dict) -> bytes:
@@ -65,7 +69,9 @@ def query(env: dict) -> dict[str, str]:
             continue
         name, _, value = part.partition(b"=")
         name_text = percent_decode(name, "query parameter name", plus_is_space=True)
-        params[name_text] = percent_decode(value, f"query parameter {name_text!r}", plus_is_space=True)
+        params[name_text] = percent_decode(
+            value, f"query parameter {name_text!r}", plus_is_space=True
+        )
     return params
 
 
@@ -92,7 +98,9 @@ def parse_etags(header: str | None, name: str) -> list[tuple[bool, str]] | str |
     return tags
 
 
-def integer(params: dict[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+def integer(
+    params: dict[str, str], name: str, default: int | None, low: int, high: int
+) -> int | None:
     """An integer query parameter from ``low`` to ``high``; InvalidRequest naming the range."""
     text = params.get(name)
     if text is None:

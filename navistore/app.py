@@ -99,7 +99,11 @@ class AccessLog:
             return
         elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
         uri = req.env.get("REQUEST_URI") or req.relative_uri
-        size = resp.content_length if resp.content_length is not None else len(resp.render_body() or b"")
+        size = (
+            resp.content_length
+            if resp.content_length is not None
+            else len(resp.render_body() or b"")
+        )
         status = resp.status_code
         if self._json:
             access_log.info(
@@ -116,7 +120,13 @@ class AccessLog:
             )
         else:
             access_log.info(
-                '%s "%s %s" %d %d %.1fms', req.remote_addr, req.method, uri, status, size, elapsed_ms
+                '%s "%s %s" %d %d %.1fms',
+                req.remote_addr,
+                req.method,
+                uri,
+                status,
+                size,
+                elapsed_ms,
             )
 
 
@@ -148,4 +158,3 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
         for template, resource in routes or []:
             app.add_route(template, resource)
     return app
-

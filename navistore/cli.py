@@ -53,14 +53,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     for info in report["plugins"]:
-        where = f"{info['distribution']} {info['version']}" if info["distribution"] else info["module"]
+        where = (
+            f"{info['distribution']} {info['version']}" if info["distribution"] else info["module"]
+        )
         state = "disabled" if info["disabled"] else ("FAILED" if info["error"] else "loaded")
         print(f"{info['name']}  ({where})  {state}")
         if info["hooks"]:
             print(f"    hooks: {', '.join(info['hooks'])}")
         for b in info["backends"]:
             caps = ", ".join(b["capabilities"]) or "none"
-            print(f"    backend {b['name']}: schemes {', '.join(b['schemes'])}; capabilities {caps}")
+            print(
+                f"    backend {b['name']}: schemes {', '.join(b['schemes'])}; capabilities {caps}"
+            )
             if b["description"]:
                 print(f"        {b['description']}")
         for r in info["replicators"]:

@@ -72,7 +72,9 @@ def check_key(key: str) -> None:
     except UnicodeEncodeError:
         raise InvalidKey("the key is not valid Unicode (it holds a lone surrogate)") from None
     if size > MAX_KEY_BYTES:
-        raise InvalidKey(f"the key is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes of UTF-8")
+        raise InvalidKey(
+            f"the key is {size} bytes long; the limit is {MAX_KEY_BYTES} bytes of UTF-8"
+        )
     match = _CONTROL.search(key)
     if match:
         raise InvalidKey(
@@ -112,7 +114,9 @@ class Node:
             self.backend = Backend(name=type(store).__name__, schemes=(), factory=lambda url: store)
         self.store: Store = store
         self.replication: Any = None
-        self.replicator_name = resolve_replicator_name(self.settings.replicator, list(self.settings.peer))
+        self.replicator_name = resolve_replicator_name(
+            self.settings.replicator, list(self.settings.peer)
+        )
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._purger: threading.Thread | None = None
@@ -167,7 +171,9 @@ class Node:
         """Start background work: replication, and the purge of expired records and tombstones."""
         if self.replication is not None:
             self.replication.start()
-        self._purger = threading.Thread(target=self._purge_loop, name="navistore-purge", daemon=True)
+        self._purger = threading.Thread(
+            target=self._purge_loop, name="navistore-purge", daemon=True
+        )
         self._purger.start()
 
     def begin_shutdown(self) -> None:
@@ -312,7 +318,7 @@ class Node:
             )
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete every live key under ``prefix`` (tombstones, so it replicates); return how many."""
+        """Delete every live key under ``prefix`` (as tombstones, which replicate); count them."""
         if prefix:
             check_key(prefix)
         deleted = 0
@@ -459,4 +465,3 @@ def check_content_type(content_type: str | None) -> str:
 def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be from 1 to {MAX_LIMIT}")
-

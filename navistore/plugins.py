@@ -112,7 +112,9 @@ class Plugins:
         failed = [i for i in self.infos if i.error or i.disabled]
         for info in failed:
             why = "disabled by " + DISABLE_VARIABLE if info.disabled else info.error
-            message += f"; plugin {info.name!r} ({info.distribution or info.module}) did not load: {why}"
+            message += (
+                f"; plugin {info.name!r} ({info.distribution or info.module}) did not load: {why}"
+            )
         return message + "."
 
 
@@ -146,7 +148,9 @@ def get_plugin_manager(disabled: set[str] | None = None) -> Plugins:
     return Plugins(pm, infos)
 
 
-def _load_one(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint, info: PluginInfo) -> None:
+def _load_one(
+    pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint, info: PluginInfo
+) -> None:
     """Import, register and check one plugin; on any failure record it and leave it out."""
     plugin = None
     try:
@@ -173,7 +177,8 @@ def _provided(pm: pluggy.PluginManager, plugin: object, hook_name: str, kind: ty
         for item in impl.function() or []:
             if not isinstance(item, kind):
                 raise PluginError(
-                    f"{hook_name} returned {item!r}; it must return navistore.{kind.__name__} entries"
+                    f"{hook_name} returned {item!r}; "
+                    f"it must return navistore.{kind.__name__} entries"
                 )
             provided.append(item)
     return provided
@@ -194,4 +199,3 @@ def resolve_replicator_name(setting: str | None, peers: list[str]) -> str | None
     if setting:
         return None if setting == "none" else setting
     return "peer-push" if peers else None
-

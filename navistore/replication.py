@@ -1,4 +1,4 @@
-"""What a replication strategy provides: the ``Replicator`` entry and the running ``Replication``."""
+"""What a replication strategy provides: a ``Replicator`` entry, a running ``Replication``."""
 
 from __future__ import annotations
 

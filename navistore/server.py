@@ -96,9 +96,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def _busy(server: Any) -> bool:
-    """Whether any connection still has a request in hand or a response to send."""
+    """Whether any connection is receiving a request, serving one, or has an answer to send."""
     return any(
-        getattr(channel, "requests", None) or getattr(channel, "total_outbufs_len", 0)
+        getattr(channel, "request", None) is not None
+        or getattr(channel, "requests", None)
+        or getattr(channel, "total_outbufs_len", 0)
         for channel in list(server._map.values())
     )
 

@@ -99,12 +99,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", _text, "127.0.0.1", "address to listen on"),
     Setting("port", _int_between(0, 65535), 8888, "port to listen on (0 picks a free one)"),
     Setting("threads", _int_between(1, 256), 8, "worker threads for ordinary requests"),
-    Setting("node_id", _node_id, None, "this node's id (default: generated once, kept in the store)"),
+    Setting(
+        "node_id", _node_id, None, "this node's id (default: generated once, kept in the store)"
+    ),
     Setting("token", _token, None, "require 'Authorization: Bearer TOKEN' on every /v1 request"),
     Setting("token_file", _text, None, "read the token from this file"),
     Setting("peer", _peer_url, (), "a peer to replicate to (repeatable)", repeatable=True),
     Setting("peer_token", _token, None, "the token peers use on the replication endpoints"),
-    Setting("replicator", _text, None, "replication strategy (default: peer-push when peers are set)"),
+    Setting(
+        "replicator", _text, None, "replication strategy (default: peer-push when peers are set)"
+    ),
     Setting("max_value_size", _int_between(1, 64 * MIB), MIB, "largest value in bytes"),
     Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
     Setting("log_format", _choice("text", "json"), "text", "access and server log format"),
@@ -179,7 +183,9 @@ def load_settings(
         elif setting.name in file_values:
             values[setting.name] = _convert(setting, file_values[setting.name], f"in {config}")
     if "token_file" in values and "token" not in values:
-        values["token"] = _convert(BY_NAME["token"], _read_token(values["token_file"]), "token_file")
+        values["token"] = _convert(
+            BY_NAME["token"], _read_token(values["token_file"]), "token_file"
+        )
     return Settings(**values)
 
 

@@ -21,13 +21,19 @@ def put(client, path, body=b"v", **kwargs):
 
 
 def test_put_get_head_delete(client):
-    created = put(client, "/v1/keys/app/db%20host", b"hello", headers={"Content-Type": "text/plain"})
+    created = put(
+        client, "/v1/keys/app/db%20host", b"hello", headers={"Content-Type": "text/plain"}
+    )
     assert created.status_code == 201
     etag = created.headers["etag"]
     assert created.json == {"key": "app/db host", "etag": etag}
     assert etag.startswith('"') and etag.endswith('"')
     got = client.simulate_get("/v1/keys/app/db%20host")
-    assert (got.status_code, got.content, got.headers["content-type"]) == (200, b"hello", "text/plain")
+    assert (got.status_code, got.content, got.headers["content-type"]) == (
+        200,
+        b"hello",
+        "text/plain",
+    )
     assert got.headers["etag"] == etag
     head = client.simulate_head("/v1/keys/app/db%20host")
     assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == "5"
@@ -96,7 +102,9 @@ def test_preconditions(client):
     assert first.status_code == 201
     etag = first.headers["etag"]
     assert put(client, "/v1/keys/k", headers={"If-None-Match": "*"}).status_code == 412
-    assert put(client, "/v1/keys/k", headers={"If-Match": '"0000000000000000-x"'}).status_code == 412
+    assert (
+        put(client, "/v1/keys/k", headers={"If-Match": '"0000000000000000-x"'}).status_code == 412
+    )
     assert put(client, "/v1/keys/k", headers={"If-Match": f"W/{etag}"}).status_code == 412
     second = put(client, "/v1/keys/k", b"2", headers={"If-Match": etag})
     assert second.status_code == 200
@@ -195,7 +203,9 @@ def test_changes(client):
     assert feed.json["last_seq"] == 3
     assert [(c["key"], c["deleted"]) for c in feed.json["changes"]] == [("b", False), ("a", True)]
     assert client.simulate_get("/v1/changes", params={"since": "2"}).json["changes"][0]["seq"] == 3
-    assert [c["key"] for c in client.simulate_get("/v1/changes", params={"key": "b"}).json["changes"]] == ["b"]
+    assert [
+        c["key"] for c in client.simulate_get("/v1/changes", params={"key": "b"}).json["changes"]
+    ] == ["b"]
     assert client.simulate_get("/v1/changes", query_string="since=-1").status_code == 400
     assert client.simulate_get("/v1/changes", query_string="key=a&prefix=b").status_code == 400
 

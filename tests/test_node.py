@@ -19,7 +19,9 @@ def test_check_key_refuses(key):
         check_key(key)
 
 
-@pytest.mark.parametrize("key", ["a", "x" * 1024, "é" * 512, "app/db/host", "/", "..", "日本/語", " "])
+@pytest.mark.parametrize(
+    "key", ["a", "x" * 1024, "é" * 512, "app/db/host", "/", "..", "日本/語", " "]
+)
 def test_check_key_accepts(key):
     check_key(key)
 

@@ -14,7 +14,7 @@ import pytest
 from navistore import errors
 from navistore.plugins import get_plugin_manager
 
-GOOD = '''
+GOOD = """
 from navistore import Backend, hookimpl
 from navistore_sqlite.store import SqliteStore
 
@@ -22,22 +22,22 @@ from navistore_sqlite.store import SqliteStore
 def navistore_backends():
     return [Backend(name="memx", schemes=("memx",), factory=SqliteStore.from_url,
                     description="a test backend", capabilities={"ttl"})]
-'''
+"""
 BROKEN_IMPORT = "raise ImportError('this plugin needs libfoo, which is missing')\n"
-MISSPELT = '''
+MISSPELT = """
 from navistore import hookimpl
 
 @hookimpl
 def navistore_backend():  # missing "s": check_pending must refuse it
     return []
-'''
-WRONG_TYPE = '''
+"""
+WRONG_TYPE = """
 from navistore import hookimpl
 
 @hookimpl
 def navistore_backends():
     return ["not a Backend"]
-'''
+"""
 
 
 def make_distribution(root: Path, name: str, source: str, ep_name: str | None = None) -> None:
@@ -129,8 +129,9 @@ def test_the_core_never_imports_a_plugin():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
-                assert not name.startswith(("navistore_sqlite", "navistore_peer_push",
-                                            "navistore_postgres")), f"{path} imports {name}"
+                assert not name.startswith(
+                    ("navistore_sqlite", "navistore_peer_push", "navistore_postgres")
+                ), f"{path} imports {name}"
 
 
 def run(args, env_extra, cwd):
@@ -144,9 +145,13 @@ def test_with_sqlite_blocked_the_core_still_imports_lists_and_refuses_to_serve(t
     make_distribution(site, "goodplug", GOOD)
     env = {"NAVISTORE_DISABLE_PLUGINS": "sqlite", "PYTHONPATH": str(site)}
     imported = run(
-        ["-c", "import sys, navistore, navistore.cli, navistore.server, navistore.app;"
-               "print('navistore_sqlite' in sys.modules)"],
-        env, tmp_path,
+        [
+            "-c",
+            "import sys, navistore, navistore.cli, navistore.server, navistore.app;"
+            "print('navistore_sqlite' in sys.modules)",
+        ],
+        env,
+        tmp_path,
     )
     assert imported.returncode == 0 and imported.stdout.strip() == "False"
     listed = run(["-m", "navistore", "plugins"], env, tmp_path)

@@ -16,7 +16,10 @@ class HealthResource:
             self.node.last_seq()
         except Exception as exc:  # any failure of the store means "not healthy", never a 500
             resp.status = falcon.HTTP_503
-            resp.media = {"status": "unavailable", "description": f"the store does not answer: {exc}"}
+            resp.media = {
+                "status": "unavailable",
+                "description": f"the store does not answer: {exc}",
+            }
             return
         resp.media = {"status": "ok"}
 
