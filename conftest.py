@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+# The conformance suite, loaded once here so that the shipped plugins adopt it from their own tests
+# exactly as a third party would (pytest accepts pytest_plugins only in the rootdir conftest).
+pytest_plugins = ["navistore.testing", "pytester"]
+
 _SERVING = re.compile(r"serving on http://([^:]+):(\d+)")
 
 

@@ -1,0 +1,153 @@
+"""The conformance suite itself: it must fail broken backends, each for the right reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+BROKEN_SOURCE = (Path(__file__).parent / "broken_backends.py").read_text()
+
+ADOPTION = """
+import uuid
+import pytest
+from navistore.testing import BackendSuite, HttpSuite
+
+class TestBackend(BackendSuite):
+    @pytest.fixture
+    def make_store_url(self, tmp_path):
+        return lambda: f"{scheme}:///{{tmp_path}}/{{uuid.uuid4().hex}}.db"
+
+class TestHttp(HttpSuite):
+    @pytest.fixture
+    def make_store_url(self, tmp_path):
+        return lambda: f"{scheme}:///{{tmp_path}}/{{uuid.uuid4().hex}}.db"
+"""
+
+
+@pytest.fixture
+def suite_run(pytester):
+    """Install the broken backends as a plugin in pytester's path; run the suite on a scheme."""
+    pytester.makepyfile(navistore_broken=BROKEN_SOURCE)
+    info = pytester.mkdir("navistore_broken-1.0.dist-info")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: navistore-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[navistore]\nbroken = navistore_broken\n")
+    pytester.syspathinsert()
+
+    def run(scheme: str, *args: str):
+        pytester.makepyfile(test_adoption=ADOPTION.format(scheme=scheme))
+        return pytester.runpytest_subprocess(
+            "-p", "navistore.testing", "--navistore-examples", "20", "-q", "-rfs", *args
+        )
+
+    return run
+
+
+def failed_tests(result) -> set[str]:
+    return {
+        line.split("::")[-1].split(" ")[0].split("[")[0]
+        for line in result.outlines
+        if line.startswith("FAILED ")
+    }
+
+
+@pytest.mark.parametrize(
+    ("scheme", "must_fail"),
+    [
+        (
+            "broken-merge",
+            {
+                "test_merge_stores_a_newer_record_and_ignores_older_and_equal",
+                "test_merge_is_idempotent",
+                "test_merged_tombstones_win_and_lose_by_the_same_rule",
+            },
+        ),
+        (
+            "broken-scan",
+            {"test_scan_orders_keys_bytewise_as_utf8", "test_listing_pages_in_key_order"},
+        ),
+        (
+            "broken-precondition",
+            {
+                "test_expect_absent",
+                "test_expect_present",
+                "test_expect_a_stamp",
+                "test_conditional_writes",
+            },
+        ),
+        (
+            "broken-changes",
+            {"test_changes_come_in_seq_order_with_tombstones", "test_the_change_feed"},
+        ),
+        (
+            "broken-race",
+            {
+                "test_racing_conditional_commits_let_exactly_one_win",
+                "test_if_match_increments_from_threads_lose_no_update",
+            },
+        ),
+        (
+            "broken-nul",
+            {
+                "test_awkward_values_survive",
+                "test_every_byte_value_survives",
+                "test_values_are_binary_safe",
+            },
+        ),
+        ("broken-seq", {"test_a_seq_is_never_reused_after_a_purge"}),
+    ],
+)
+def test_the_suite_fails_a_broken_backend_for_the_right_reason(suite_run, scheme, must_fail):
+    # The racy backend sleeps in every commit: spare it the state machine's thousands of them.
+    result = suite_run(scheme, *(["-k", "not random_operation"] if scheme == "broken-race" else []))
+    assert result.ret == 1
+    failed = failed_tests(result)
+    assert must_fail <= failed, f"expected failures missing: {must_fail - failed}"
+
+
+@pytest.mark.parametrize("scheme", ["broken-merge", "broken-precondition"])
+def test_the_state_machine_alone_catches_a_broken_backend(suite_run, scheme):
+    result = suite_run(scheme, "-k", "random_operation", "--navistore-examples", "200")
+    assert failed_tests(result) == {"test_random_operation_sequences_match_a_dict_model"}
+    result.stdout.fnmatch_lines(["*Falsifying example*"])
+
+
+def test_a_backend_without_capabilities_skips_their_tests_with_the_reason(suite_run):
+    result = suite_run("bare")
+    assert result.ret == 0
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] > 30 and outcomes["skipped"] >= 8
+    skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
+    assert skipped and all("does not declare capability" in line for line in skipped)
+    for capability in ("ttl", "batch", "persistent", "concurrent"):
+        assert any(f"'{capability}'" in line for line in skipped), capability
+
+
+def test_the_suite_passes_a_correct_backend(suite_run):
+    result = suite_run("sqlite")
+    result.assert_outcomes(passed=result.parseoutcomes()["passed"])
+    assert result.ret == 0
+
+
+def test_an_adoption_without_make_store_url_says_which_fixture_to_write(pytester):
+    pytester.makepyfile(
+        """
+        from navistore.testing import BackendSuite
+
+        class TestForgot(BackendSuite):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "navistore.testing", "-q", "-x")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*TestForgot needs a `make_store_url` fixture*"])
+
+
+def test_the_suite_does_not_load_unless_asked(pytester):
+    pytester.makepyfile(
+        """
+        def test_nothing_loaded(request):
+            assert not request.config.pluginmanager.hasplugin("navistore.testing")
+        """
+    )
+    pytester.runpytest_subprocess("-q").assert_outcomes(passed=1)
