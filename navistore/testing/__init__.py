@@ -18,8 +18,8 @@ or run ``pytest -p navistore.testing``. Then adopt each part with one class::
 
 The suite uses only the public Store API, and finds your backend the way ``navistore serve``
 does: through the ``navistore`` entry points, by the URL's scheme. Tests for a capability your
-backend does not declare are skipped with that reason. ``SUITE_VERSION`` changes when the suite does (see
-CHANGELOG.md): a new test can fail a backend that passed before.
+backend does not declare are skipped with that reason. ``SUITE_VERSION`` changes when the suite
+does (see CHANGELOG.md): a new test can fail a backend that passed before.
 """
 
 from __future__ import annotations
