@@ -80,6 +80,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from navistore.testing.conformance import run
+
+    code = run(args.url, sys.stdout, examples=args.examples, select=args.select)
+    return EXIT_OK if code == 0 else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="navistore", description="A key-value store that speaks HTTP."
@@ -95,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(plugins)
     plugins.add_argument("--json", action="store_true", help="print JSON")
     plugins.set_defaults(func=cmd_plugins)
+
+    conformance = commands.add_parser(
+        "conformance", help="run the conformance suite against a store URL and print a report"
+    )
+    conformance.add_argument(
+        "url",
+        nargs="?",
+        help="store URL; {n} marks where a fresh store's name goes (default: sqlite, temporary)",
+    )
+    conformance.add_argument("--examples", type=int, help="Hypothesis examples (default 200)")
+    conformance.add_argument("-k", dest="select", metavar="EXPR", help="only tests matching EXPR")
+    conformance.set_defaults(func=cmd_conformance)
     return parser
 
 

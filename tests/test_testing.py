@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +155,73 @@ def test_the_suite_does_not_load_unless_asked(pytester):
         """
     )
     pytester.runpytest_subprocess("-q").assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///data/n.db", r"sqlite:///data/n-[0-9a-f]{12}\.db"),
+        (
+            "sqlite:////abs/n.db?synchronous=full",
+            r"sqlite:////abs/n-[0-9a-f]{12}\.db\?synchronous=full",
+        ),
+        ("postgresql://h/db?schema=s_{n}", r"postgresql://h/db\?schema=s_[0-9a-f]{12}"),
+        ("mem://h/store", r"mem://h/store-[0-9a-f]{12}"),
+    ],
+)
+def test_conformance_makes_fresh_urls(url, expected):
+    from navistore.testing.conformance import fresh_url_factory
+
+    fresh = fresh_url_factory(url)
+    first, second = fresh(), fresh()
+    assert re.fullmatch(expected, first) and first != second
+
+
+def test_conformance_needs_a_place_for_the_name():
+    from navistore.errors import SettingsError
+    from navistore.testing.conformance import fresh_url_factory
+
+    with pytest.raises(SettingsError, match=r"put \{n\} in it"):
+        fresh_url_factory("postgresql://host/")
+
+
+def conformance(args, tmp_path, pythonpath=None):
+    env = {**os.environ, **({"PYTHONPATH": str(pythonpath)} if pythonpath else {})}
+    return subprocess.run(
+        [sys.executable, "-m", "navistore", "conformance", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_navistore_conformance_reports_on_sqlite(tmp_path):
+    result = conformance(["--examples", "20", f"sqlite:///{tmp_path}/c.db"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "backend sqlite; capabilities: batch, concurrent, persistent, ttl" in out
+    assert "  PASS  test_merge_is_idempotent" in out and "  PASS  test_the_change_feed" in out
+    passed = int(re.search(r"^(\d+) passed, 0 failed, 0 skipped$", out, re.M).group(1))
+    assert passed > 60
+
+
+def test_navistore_conformance_reports_failures_and_skips(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "navistore_broken.py").write_text(BROKEN_SOURCE)
+    info = site / "navistore_broken-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: navistore-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[navistore]\nbroken = navistore_broken\n")
+    broken = conformance(["--examples", "10", f"broken-merge:///{tmp_path}/b.db"], tmp_path, site)
+    assert broken.returncode == 1
+    assert re.search(r"FAIL  test_merge_is_idempotent  -- .*assert", broken.stdout)
+    bare = conformance(["--examples", "10", f"bare:///{tmp_path}/b.db"], tmp_path, site)
+    assert bare.returncode == 0
+    assert re.search(
+        r"SKIP  test_meta|SKIP  test_ttl_expires_the_key  -- backend 'bare' does not "
+        r"declare capability 'ttl'",
+        bare.stdout,
+    )

@@ -24,23 +24,36 @@ does (see CHANGELOG.md): a new test can fail a backend that passed before.
 
 from __future__ import annotations
 
-import pytest
+from typing import TYPE_CHECKING
 
-# Plain asserts in the suite's modules must explain themselves: rewrite them before importing.
-pytest.register_assert_rewrite(
-    "navistore.testing.backend", "navistore.testing.http", "navistore.testing.statemachine"
-)
-
-from navistore.testing._plugin import (  # noqa: E402
+from navistore.testing._plugin import (
     HYPOTHESIS_EXAMPLES_VARIABLE,
     pytest_addoption,
     pytest_configure,
     requires,
 )
-from navistore.testing.backend import BackendSuite  # noqa: E402
-from navistore.testing.http import HttpSuite  # noqa: E402
+
+if TYPE_CHECKING:
+    from navistore.testing.backend import BackendSuite
+    from navistore.testing.http import HttpSuite
 
 SUITE_VERSION = "1.0"
+
+# The suite's modules are imported on first use, not with this package: pytest rewrites their
+# asserts (so failures explain themselves) only when it imports them after loading the plugin.
+_LAZY = {
+    "BackendSuite": "navistore.testing.backend",
+    "HttpSuite": "navistore.testing.http",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'navistore.testing' has no attribute {name!r}")
+
 
 __all__ = [
     "HYPOTHESIS_EXAMPLES_VARIABLE",

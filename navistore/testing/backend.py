@@ -97,7 +97,9 @@ class BackendSuite(SuiteFixtures):
         assert store.get("bin").value == value
 
     @pytest.mark.parametrize(
-        "value", [b"", b"\x00", b"a\x00b", b"trailing\x00", b" spaced ", b"\xff\xfe", b"\r\n"]
+        "value",
+        [b"", b"\x00", b"a\x00b", b"trailing\x00", b" spaced ", b"\xff\xfe", b"\r\n"],
+        ids=["empty", "nul", "inner-nul", "trailing-nul", "spaces", "ff-fe", "crlf"],
     )
     def test_awkward_values_survive(self, store, stamps, value):
         store.commit(record("k", value, stamps.next()), ANY)
@@ -121,6 +123,17 @@ class BackendSuite(SuiteFixtures):
             "per%cent",
             "q?#&=+",
             "a/",
+        ],
+        ids=[
+            "ascii",
+            "1024-bytes",
+            "1024-bytes-utf8",
+            "cjk",
+            "emoji",
+            "space",
+            "percent",
+            "query-chars",
+            "trailing-slash",
         ],
     )
     def test_keys_survive_exactly(self, store, stamps, key):

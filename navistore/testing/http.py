@@ -70,6 +70,7 @@ class HttpSuite(SuiteFixtures):
             ("/v1/keys/q%3Fx%23y%25z", "q?x#y%z"),
             ("/v1/keys/a//b/", "a//b/"),
         ],
+        ids=["escaped-slash", "utf8", "escaped-query-chars", "empty-segments"],
     )
     def test_keys_round_trip(self, client, path, key):
         assert client.simulate_put(path, body=key.encode()).status_code == 201
