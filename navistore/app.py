@@ -39,8 +39,8 @@ def _domain_error(req: falcon.Request, resp: falcon.Response, exc: Exception, pa
     body: dict[str, Any] = {"title": exc.title, "description": exc.description}
     if isinstance(exc, errors.PreconditionFailed) and exc.index is not None:
         body["index"] = exc.index
-    if isinstance(exc, errors.StoreBusy | errors.TooManyWatchers | errors.StaleStamp):
-        resp.set_header("Retry-After", str(getattr(exc, "retry_after", 1)))
+    if exc.retry_after is not None:
+        resp.set_header("Retry-After", str(exc.retry_after))
     if status == falcon.HTTP_500:
         access_log.error("internal error on %s %s: %s", req.method, req.path, exc)
     resp.status = status

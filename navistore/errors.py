@@ -27,11 +27,14 @@ class NavistoreError(Exception):
     """The base of every error Navistore raises on purpose."""
 
     title = "Navistore error"
+    #: Seconds a client should wait before retrying, for errors worth retrying (Retry-After).
+    retry_after: int | None = None
 
-    def __init__(self, description: str = "", **details: Any) -> None:
+    def __init__(self, description: str = "", *, retry_after: int | None = None) -> None:
         super().__init__(description)
         self.description = description
-        self.details = details
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class InvalidRequest(NavistoreError):
@@ -73,10 +76,7 @@ class ChangesGone(NavistoreError):
 
 class TooManyWatchers(NavistoreError):
     title = "Too many watchers"
-
-    def __init__(self, description: str = "", *, retry_after: int = 1) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class StoreError(NavistoreError):
@@ -85,10 +85,7 @@ class StoreError(NavistoreError):
 
 class StoreBusy(StoreError):
     title = "Storage busy"
-
-    def __init__(self, description: str = "", *, retry_after: int = 1) -> None:
-        super().__init__(description)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class StoreFull(StoreError):
@@ -99,6 +96,7 @@ class StaleStamp(StoreError):
     """``commit`` refused a stamp that is not greater than the stored one (``stored``)."""
 
     title = "Stale stamp"
+    retry_after = 1
 
     def __init__(self, description: str = "", *, stored: str = "") -> None:
         super().__init__(description)
