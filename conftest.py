@@ -128,7 +128,8 @@ def make_node(tmp_path):
     nodes = []
 
     def make(name: str = "node.db", **settings):
-        node = Node(Settings(store=f"sqlite:///{tmp_path / name}", **settings))
+        settings.setdefault("store", f"sqlite:///{tmp_path / name}")
+        node = Node(Settings(**settings))
         nodes.append(node)
         return node
 

@@ -160,3 +160,21 @@ def test_a_token_guards_v1_but_not_healthz(make_node):
     ok = client.simulate_get("/v1/keys", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
     assert client.simulate_get("/healthz").status_code == 200
+
+
+def test_a_busy_store_is_503_with_retry_after(make_node, tmp_path):
+    import sqlite3
+
+    node = make_node(store=f"sqlite:///{tmp_path}/busy.db?busy_timeout=50")
+    client = falcon.testing.TestClient(create_app(node))
+    other = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        busy = put(client, "/v1/keys/k")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "busy" in busy.json["description"]
+        assert client.simulate_get("/v1/keys/k").status_code == 404  # reads still answer
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert put(client, "/v1/keys/k").status_code == 201

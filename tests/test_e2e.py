@@ -52,6 +52,8 @@ def test_put_get_head_delete_over_http(server):
         "deleted": True,
     }
     assert server.request("GET", "/v1/keys/app/db%20host").status == 404
+    time.sleep(0.2)
+    assert any('"DELETE /v1/keys/app/db%20host" 200' in line for line in server.log)
 
 
 def test_listing_changes_and_system_routes_over_http(server):
