@@ -64,21 +64,32 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
 
 
 class TokenAuth:
-    """Require ``Authorization: Bearer <token>`` on ``/v1``, compared in constant time."""
+    """Require ``Authorization: Bearer <token>`` on ``/v1``, compared in constant time.
 
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
+    A resource whose ``navistore_auth`` attribute is ``"peer"`` (the replication endpoints) takes
+    the peer token instead, or the client token when no peer token is set.
+    """
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def __init__(self, token: str | None, peer_token: str | None = None) -> None:
+        self._client = token.encode() if token else None
+        self._peer = peer_token.encode() if peer_token else self._client
+
+    def process_resource(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict
+    ) -> None:
         if not req.path.startswith("/v1"):
             return
-        header = req.get_header("Authorization") or ""
-        scheme, _, credential = header.partition(" ")
+        peer = getattr(resource, "navistore_auth", "client") == "peer"
+        expected = self._peer if peer else self._client
+        if expected is None:
+            return
+        scheme, _, credential = (req.get_header("Authorization") or "").partition(" ")
         given = credential.strip().encode("utf-8", "replace")
-        if not (hmac.compare_digest(given, self._token) and scheme.lower() == "bearer"):
+        if not (hmac.compare_digest(given, expected) and scheme.lower() == "bearer"):
+            which = "the peer token" if peer else "the token"
             raise falcon.HTTPUnauthorized(
                 title="Unauthorized",
-                description="this server needs 'Authorization: Bearer <token>' on /v1 requests",
+                description=f"{req.path} needs 'Authorization: Bearer <token>' with {which}",
                 challenges=['Bearer realm="navistore"'],
             )
 
@@ -142,8 +153,8 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
         node = Node(load_settings(flags=settings))
         node.start()
     middleware: list[Any] = [AccessLog(node.settings.log_format == "json")]
-    if node.settings.token:
-        middleware.insert(0, TokenAuth(node.settings.token))
+    if node.settings.token or node.settings.peer_token:
+        middleware.insert(0, TokenAuth(node.settings.token, node.settings.peer_token))
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     app.set_error_serializer(_serialize_error)

@@ -7,6 +7,7 @@ gets them.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -39,7 +40,7 @@ from navistore.record import (
     make_stamp,
     parse_stamp,
 )
-from navistore.settings import Settings
+from navistore.settings import BY_NAME, Settings
 from navistore.store import Backend, Store, url_scheme
 
 log = logging.getLogger("navistore")
@@ -51,8 +52,6 @@ DEFAULT_LIMIT = 100
 MAX_BATCH_OPS = 128
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_CONTENT_TYPE = 255
-TOMBSTONE_GRACE = 7 * 24 * 3600.0
-PURGE_INTERVAL = 60.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STALE_RETRIES = 8
 
@@ -61,6 +60,7 @@ META_NODE_ID = "navistore.node_id"
 META_STORE_ID = "navistore.store_id"
 META_CLOCK = "navistore.clock"
 META_PURGED_SEQ = "navistore.purged_seq"
+META_PEERS = "navistore.peers"
 
 
 def check_key(key: str) -> None:
@@ -114,10 +114,10 @@ class Node:
             self.backend = Backend(name=type(store).__name__, schemes=(), factory=lambda url: store)
         self.store: Store = store
         self.replication: Any = None
-        self.replicator_name = resolve_replicator_name(
-            self.settings.replicator, list(self.settings.peer)
-        )
+        self.replicator_name: str | None = None
+        self._started = False
         self._stopping = threading.Event()
+        self._replication_lock = threading.Lock()
         self._changed = threading.Condition()
         self._purger: threading.Thread | None = None
         try:
@@ -125,9 +125,7 @@ class Node:
             self.store_id = self._meta_default(META_STORE_ID, lambda: uuid.uuid4().hex)
             self.clock = Clock(self.node_id)
             self._start_clock()
-            if self.replicator_name:
-                replicator, _ = self.plugins.replicator(self.replicator_name)
-                self.replication = replicator.factory(self)
+            self._make_replication()
         except BaseException:
             self.store.close()
             raise
@@ -169,6 +167,7 @@ class Node:
 
     def start(self) -> None:
         """Start background work: replication, and the purge of expired records and tombstones."""
+        self._started = True
         if self.replication is not None:
             self.replication.start()
         self._purger = threading.Thread(
@@ -194,6 +193,40 @@ class Node:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    # -- peers ------------------------------------------------------------------------------
+
+    def runtime_peers(self) -> list[str]:
+        """The peers set at runtime (``PUT /v1/replication/peers``), kept in the store."""
+        return json.loads(self.store.meta_get(META_PEERS) or "[]")
+
+    def peers(self) -> list[str]:
+        """Every peer to replicate with: configured ones first, then runtime ones."""
+        return list(dict.fromkeys([*self.settings.peer, *self.runtime_peers()]))
+
+    def set_runtime_peers(self, urls: Sequence[str]) -> list[str]:
+        """Replace the runtime peers (kept across restarts); start replication if need be."""
+        checked = []
+        for url in urls:
+            try:
+                checked.append(BY_NAME["peer"].convert(url))
+            except (ValueError, TypeError) as exc:
+                raise InvalidRequest(f"peer {url!r}: {exc}") from None
+        self.store.meta_set(META_PEERS, json.dumps(list(dict.fromkeys(checked))))
+        with self._replication_lock:
+            if self.replication is not None:
+                self.replication.peers_changed()
+            elif self._make_replication() and self._started:
+                self.replication.start()
+        return self.peers()
+
+    def _make_replication(self) -> bool:
+        """Build the replication strategy the settings and peers call for; say if there is one."""
+        self.replicator_name = resolve_replicator_name(self.settings.replicator, self.peers())
+        if self.replicator_name:
+            replicator, _ = self.plugins.replicator(self.replicator_name)
+            self.replication = replicator.factory(self)
+        return self.replication is not None
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -397,10 +430,11 @@ class Node:
 
     # -- housekeeping -----------------------------------------------------------------------
 
-    def purge(self, now: float | None = None, grace: float = TOMBSTONE_GRACE) -> int:
+    def purge(self, now: float | None = None, grace: float | None = None) -> int:
         """Expire records into tombstones, then drop tombstones every peer has and that are older
         than ``grace`` seconds. Record how far the change feed is now incomplete."""
         now = time.time() if now is None else now
+        grace = self.settings.tombstone_grace if grace is None else grace
         expired = self.store.purge(now, 0, "")
         upto = self.store.last_seq()
         if self.replication is not None and hasattr(self.replication, "purge_upto"):
@@ -414,7 +448,7 @@ class Node:
         return expired + dropped
 
     def _purge_loop(self) -> None:
-        while not self._stopping.wait(PURGE_INTERVAL):
+        while not self._stopping.wait(self.settings.purge_interval):
             try:
                 self.purge()
             except Exception:

@@ -25,13 +25,21 @@ class Replication(Protocol):
         """Describe the strategy's state as JSON-ready data."""
         ...
 
+    def peers_changed(self) -> None:
+        """``node.peers()`` changed at runtime: start or stop working with peers to match."""
+        ...
+
+    def purge_upto(self) -> int:
+        """The highest seq every peer already has: tombstones above it must be kept."""
+        ...
+
 
 @dataclasses.dataclass(frozen=True)
 class Replicator:
     """A replication strategy, as a plugin's ``navistore_replicators`` hook returns it.
 
     ``factory(node)`` builds a ``Replication`` for a Node; it reads the core's generic settings
-    (``node.settings.peer``, ``node.settings.peer_token``) from the Node.
+    from the Node: ``node.peers()`` (configured and runtime peers) and ``node.settings.peer_token``.
     """
 
     name: str

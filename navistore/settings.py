@@ -112,6 +112,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_value_size", _int_between(1, 64 * MIB), MIB, "largest value in bytes"),
     Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
     Setting("log_format", _choice("text", "json"), "text", "access and server log format"),
+    Setting("purge_interval", _int_between(1, 86400), 60, "seconds between purges of expired keys"),
+    Setting(
+        "tombstone_grace",
+        _int_between(0, 10 * 365 * 86400),
+        7 * 86400,
+        "seconds a tombstone is kept (and longer, until every peer has it)",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -131,6 +138,8 @@ class Settings:
     max_value_size: int = MIB
     max_watchers: int = 32
     log_format: str = "text"
+    purge_interval: int = 60
+    tombstone_grace: int = 7 * 86400
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
