@@ -12,11 +12,12 @@ import time
 
 import pytest
 
+from navistore.testing.servers import ServerProcess
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server for the route tests of this module."""
-    from conftest import ServerProcess  # the root conftest, importable from the rootdir
 
     server = ServerProcess([], tmp_path_factory.mktemp("e2e"))
     yield server

@@ -36,6 +36,7 @@ from navistore.testing._plugin import (
 if TYPE_CHECKING:
     from navistore.testing.backend import BackendSuite
     from navistore.testing.http import HttpSuite
+    from navistore.testing.replication import ReplicationSuite
 
 SUITE_VERSION = "1.0"
 
@@ -44,6 +45,7 @@ SUITE_VERSION = "1.0"
 _LAZY = {
     "BackendSuite": "navistore.testing.backend",
     "HttpSuite": "navistore.testing.http",
+    "ReplicationSuite": "navistore.testing.replication",
 }
 
 
@@ -60,6 +62,7 @@ __all__ = [
     "SUITE_VERSION",
     "BackendSuite",
     "HttpSuite",
+    "ReplicationSuite",
     "pytest_addoption",
     "pytest_configure",
     "requires",

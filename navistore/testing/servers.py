@@ -1,0 +1,166 @@
+"""Real Navistore servers for tests: a ``navistore serve`` child process, or a Node served by
+waitress in this process, both on 127.0.0.1, with a small HTTP client that sends paths as given."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_SERVING = re.compile(r"serving on http://([^:]+):(\d+)")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (for peers that must know it in advance)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not true after {timeout} s: {getattr(predicate, '__name__', predicate)}"
+            )
+        time.sleep(interval)
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class HttpClient:
+    """Requests to one server, paths sent exactly as given (no normalisation)."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None) -> Response:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            data = resp.read()
+            return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+        finally:
+            conn.close()
+
+
+class ServerProcess(HttpClient):
+    """A real ``navistore serve`` in a child process."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.args, self.cwd = args, cwd
+        self.env = {**os.environ, **(env or {})}
+        self.log: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.log = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "navistore", "serve", "--port", "0", *self.args],
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"navistore serve exited: {''.join(self.log)}")
+            self.log.append(line)
+            match = _SERVING.search(line)
+            if match:
+                self.host, self.port = match.group(1), int(match.group(2))
+                break
+        else:
+            raise RuntimeError("navistore serve did not start in time")
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+
+class InProcessServer(HttpClient):
+    """A Node served by waitress on a thread of this process, on 127.0.0.1."""
+
+    def __init__(self, settings: Any, plugins: Any = None) -> None:
+        from navistore.app import create_app
+        from navistore.node import Node
+        from navistore.server import make_server
+
+        self.settings = settings
+        self.node = Node(settings, plugins=plugins)
+        try:
+            self.server = make_server(create_app(self.node), settings)
+        except BaseException:
+            self.node.close()
+            raise
+        self.host, self.port = "127.0.0.1", self.server.effective_port
+        self._stop = threading.Event()
+        self.node.start()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"navistore :{self.port}", daemon=True
+        )
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.server.asyncore.loop(timeout=0.05, map=self.server._map, use_poll=True, count=1)
+        self.server.task_dispatcher.shutdown(timeout=2)
+        for channel in list(self.server._map.values()):
+            channel.close()
+
+    def stop(self) -> None:
+        """Stop serving and close the Node (and its store)."""
+        if self._stop.is_set():
+            return
+        self.node.begin_shutdown()
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.node.close()

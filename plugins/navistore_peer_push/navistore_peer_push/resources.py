@@ -1,0 +1,149 @@
+"""The replication endpoints, under ``/v1/replication/``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import falcon
+
+from navistore.errors import InvalidRequest, ValueTooLarge
+from navistore.record import stamp_seconds
+from navistore_peer_push import wire
+from navistore_peer_push.pusher import Options
+
+if TYPE_CHECKING:
+    from navistore import Node
+
+MAX_RECORDS = 10_000
+
+
+def read_json(req: falcon.Request, limit: int) -> object:
+    """The request's JSON body, refused from its length when over ``limit`` bytes."""
+    if req.content_length is not None and req.content_length > limit:
+        raise ValueTooLarge(f"the body is {req.content_length} bytes; the limit is {limit} bytes")
+    raw = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueTooLarge(f"the body is over the limit of {limit} bytes")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def body_limit(node: Node) -> int:
+    """The largest batch a peer may send: one value at the limit, in base64, with room to spare."""
+    return max(8 * 1024 * 1024, node.settings.max_value_size * 4 // 3 + 64 * 1024)
+
+
+class HelloResource:
+    """``GET /v1/replication/hello``: who we are, for the handshake."""
+
+    navistore_auth = "peer"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {
+            "node_id": self.node.node_id,
+            "store_id": self.node.store_id,
+            "version": self.node.status()["version"],
+        }
+
+
+class RecordsResource:
+    """``POST /v1/replication/records``: merge a peer's batch, all of it or none of it."""
+
+    navistore_auth = "peer"
+
+    def __init__(self, node: Node, max_skew: float) -> None:
+        self.node = node
+        self.max_skew = max_skew
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, body_limit(self.node))
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise InvalidRequest('the body must be {"source", "target_store_id", "records": [...]}')
+        source = body.get("source") or {}
+        if not isinstance(source, dict):
+            raise InvalidRequest("source must be an object with node_id and store_id")
+        if body.get("target_store_id") != self.node.store_id:
+            raise falcon.HTTPConflict(
+                title="Store changed",
+                description=f"this node's store id is {self.node.store_id}, not "
+                f"{body.get('target_store_id')}: handshake again",
+            )
+        if source.get("node_id") == self.node.node_id:
+            raise falcon.HTTPConflict(
+                title="Same node id",
+                description=f"the sender has this node's id {self.node.node_id!r}; "
+                "every node needs its own --node-id",
+            )
+        if len(body["records"]) > MAX_RECORDS:
+            raise InvalidRequest(f"a batch holds at most {MAX_RECORDS} records")
+        records = [wire.decode(item, index) for index, item in enumerate(body["records"])]
+        # One bad clock must not poison the cluster: refuse the whole batch, before any merge.
+        now = time.time()
+        for record in records:
+            ahead = stamp_seconds(record.stamp) - now
+            if ahead > self.max_skew:
+                raise falcon.HTTPConflict(
+                    title="Clock skew",
+                    description=f"record {record.key!r} has stamp {record.stamp}, {ahead:.1f} s "
+                    f"ahead of this node's clock; the limit (max_skew) is {self.max_skew:g} s. "
+                    "Fix the sender's clock",
+                )
+        merged = sum(self.node.merge(record, origin="peer") is not None for record in records)
+        resp.media = {
+            "merged": merged,
+            "ignored": len(records) - merged,
+            "last_seq": self.node.last_seq(),
+        }
+
+
+class PeersResource:
+    """``GET``/``PUT /v1/replication/peers``: the peer list; PUT replaces the runtime part."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _answer(self, resp: falcon.Response) -> None:
+        resp.media = {
+            "peers": self.node.peers(),
+            "configured": list(self.node.settings.peer),
+            "runtime": self.node.runtime_peers(),
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._answer(resp)
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, 1024 * 1024)
+        peers = body.get("peers") if isinstance(body, dict) else None
+        if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
+            raise InvalidRequest('the body must be {"peers": ["http://host:port", ...]}')
+        self.node.set_runtime_peers(peers)
+        self._answer(resp)
+
+
+class StatusResource:
+    """``GET /v1/replication/status``: each peer's cursor, lag and last error."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        replication = self.node.replication
+        resp.media = replication.status() if replication is not None else {"peers": []}
+
+
+def routes(node: Node) -> list[tuple[str, object]]:
+    options = getattr(node.replication, "options", None) or Options.from_environment()
+    return [
+        ("/v1/replication/hello", HelloResource(node)),
+        ("/v1/replication/records", RecordsResource(node, options.max_skew)),
+        ("/v1/replication/peers", PeersResource(node)),
+        ("/v1/replication/status", StatusResource(node)),
+    ]
