@@ -27,10 +27,6 @@ SEND_BYTES = 18000
 DRAIN_SECONDS = 10.0
 
 
-class _Stop(Exception):
-    """Raised by the signal handler to leave waitress's loop."""
-
-
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -132,15 +128,18 @@ def serve(settings: Settings) -> int:
         node.node_id,
     )
 
+    # The handler only takes note: an exception raised from it could land inside a connection's
+    # handler, where waitress's loop would catch it and carry on.
+    received: list[str] = []
+
     def stop(signum: int, frame: Any) -> None:
-        raise _Stop(signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            server.asyncore.loop(timeout=1.0, map=server._map, use_poll=True)
-        except _Stop as why:
-            log.info("received %s: finishing requests in flight, then stopping", why)
+        while not received:
+            server.asyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
+        log.info("received %s: finishing requests in flight, then stopping", received[0])
         _drain(server, node)
     finally:
         for sig, handler in previous.items():

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 
-from navistore_sqlite.store import SqliteStore
-
 from navistore import Backend, check_precondition, hookimpl
+from navistore_sqlite.store import SqliteStore
 
 
 class OlderMergeWins(SqliteStore):

@@ -9,10 +9,10 @@ import sqlite3
 import threading
 
 import pytest
-from navistore_sqlite.store import SqliteStore, parse_url
 
 from navistore.errors import SettingsError, StoreBusy
 from navistore.record import ANY, Record, make_stamp
+from navistore_sqlite.store import SqliteStore, parse_url
 
 
 def stamp(n: int, node: str = "a") -> str:
