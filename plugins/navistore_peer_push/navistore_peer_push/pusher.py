@@ -326,6 +326,6 @@ class PeerWorker(threading.Thread):
 
 
 def _description(body: Any) -> str:
-    if isinstance(body, dict):
-        return str(body.get("description") or body.get("title") or body)
+    if isinstance(body, dict) and (body.get("title") or body.get("description")):
+        return ": ".join(str(body[k]) for k in ("title", "description") if body.get(k))
     return str(body)
