@@ -133,7 +133,9 @@ def measure_catch_up(a: ServerProcess, b: ServerProcess, backlog: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--backlog", type=int, default=20000)
@@ -142,12 +144,23 @@ def main() -> None:
     port_a, port_b = free_port(), free_port()
     quiet = {"NAVISTORE_PEER_PUSH_BACKOFF_MAX": "0.5"}
     a = ServerProcess(
-        ["--port", str(port_a), "--node-id", "a", "--store", f"sqlite:///{folder}/a.db",
-         "--peer", f"http://127.0.0.1:{port_b}"],
-        folder, quiet,
+        [
+            "--port",
+            str(port_a),
+            "--node-id",
+            "a",
+            "--store",
+            f"sqlite:///{folder}/a.db",
+            "--peer",
+            f"http://127.0.0.1:{port_b}",
+        ],
+        folder,
+        quiet,
     )
     b = ServerProcess(
-        ["--port", str(port_b), "--node-id", "b", "--store", f"sqlite:///{folder}/b.db"], folder, quiet
+        ["--port", str(port_b), "--node-id", "b", "--store", f"sqlite:///{folder}/b.db"],
+        folder,
+        quiet,
     )
     try:
         lag = measure_lag(a, b, args.seconds, args.rate)
@@ -155,15 +168,23 @@ def main() -> None:
     finally:
         a.stop()
         b.stop()
-    print(f"steady load: {lag['writes']} writes at {args.rate}/s for {args.seconds:g} s, "
-          f"{lag['arrived']} arrived on the peer")
+    print(
+        f"steady load: {lag['writes']} writes at {args.rate}/s for {args.seconds:g} s, "
+        f"{lag['arrived']} arrived on the peer"
+    )
     print(f"  replication lag   p50 {lag['p50_ms']:7.2f} ms   p99 {lag['p99_ms']:7.2f} ms")
-    print(f"  baseline: the write's own round trip p50 {lag['write_p50_ms']:.2f} ms; "
-          f"lag p50 / write p50 = {lag['p50_ms'] / lag['write_p50_ms']:.2f}x")
-    print(f"catch-up after an outage: {catch_up['records']} records in {catch_up['seconds']:.2f} s "
-          f"= {catch_up['rate']:,.0f} records/s")
-    print(f"  baseline: writing them over HTTP with 8 clients ran at {catch_up['direct']:,.0f} "
-          f"records/s; catch-up / direct = {catch_up['rate'] / catch_up['direct']:.2f}x")
+    print(
+        f"  baseline: the write's own round trip p50 {lag['write_p50_ms']:.2f} ms; "
+        f"lag p50 / write p50 = {lag['p50_ms'] / lag['write_p50_ms']:.2f}x"
+    )
+    print(
+        f"catch-up after an outage: {catch_up['records']} records in {catch_up['seconds']:.2f} s "
+        f"= {catch_up['rate']:,.0f} records/s"
+    )
+    print(
+        f"  baseline: writing them over HTTP with 8 clients ran at {catch_up['direct']:,.0f} "
+        f"records/s; catch-up / direct = {catch_up['rate'] / catch_up['direct']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

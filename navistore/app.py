@@ -12,6 +12,7 @@ import falcon
 
 from navistore import errors
 from navistore.node import Node
+from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
 from navistore.resources.keys import KeyResource, KeysResource
 from navistore.resources.system import HealthResource, PluginsResource, StatusResource
@@ -37,7 +38,7 @@ def _domain_error(req: falcon.Request, resp: falcon.Response, exc: Exception, pa
     assert isinstance(exc, errors.NavistoreError)
     status = next(code for cls, code in _STATUS if isinstance(exc, cls))
     body: dict[str, Any] = {"title": exc.title, "description": exc.description}
-    if isinstance(exc, errors.PreconditionFailed) and exc.index is not None:
+    if exc.index is not None:
         body["index"] = exc.index
     if exc.retry_after is not None:
         resp.set_header("Retry-After", str(exc.retry_after))
@@ -162,6 +163,7 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     app.add_route("/v1/keys", KeysResource(node))
     app.add_route("/v1/keys/{key:path}", KeyResource(node))
     app.add_route("/v1/changes", ChangesResource(node))
+    app.add_route("/v1/batch", BatchResource(node))
     app.add_route("/v1/status", StatusResource(node))
     app.add_route("/v1/plugins", PluginsResource(node))
     app.add_route("/healthz", HealthResource(node))

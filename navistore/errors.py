@@ -30,11 +30,18 @@ class NavistoreError(Exception):
     #: Seconds a client should wait before retrying, for errors worth retrying (Retry-After).
     retry_after: int | None = None
 
-    def __init__(self, description: str = "", *, retry_after: int | None = None) -> None:
+    #: The position of the failing operation in a batch, when there is one.
+    index: int | None = None
+
+    def __init__(
+        self, description: str = "", *, retry_after: int | None = None, index: int | None = None
+    ) -> None:
         super().__init__(description)
         self.description = description
         if retry_after is not None:
             self.retry_after = retry_after
+        if index is not None:
+            self.index = index
 
 
 class InvalidRequest(NavistoreError):
@@ -61,9 +68,8 @@ class PreconditionFailed(NavistoreError):
     def __init__(
         self, description: str = "", *, current: Any = None, index: int | None = None
     ) -> None:
-        super().__init__(description)
+        super().__init__(description, index=index)
         self.current = current
-        self.index = index
 
 
 class ValueTooLarge(NavistoreError):

@@ -7,6 +7,8 @@ gets them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -26,10 +28,12 @@ from navistore.errors import (
     KeyNotFound,
     PreconditionFailed,
     StaleStamp,
+    TooManyWatchers,
     ValueTooLarge,
 )
 from navistore.plugins import Plugins, get_plugin_manager, plugins_report, resolve_replicator_name
 from navistore.record import (
+    ABSENT,
     ANY,
     DEFAULT_CONTENT_TYPE,
     NODE_ID_PATTERN,
@@ -119,6 +123,9 @@ class Node:
         self._stopping = threading.Event()
         self._replication_lock = threading.Lock()
         self._changed = threading.Condition()
+        self._generation = 0  # bumped by every commit, under _changed
+        self._watch_lock = threading.Lock()
+        self._watching = 0
         self._purger: threading.Thread | None = None
         try:
             self.node_id = self._node_id()
@@ -314,6 +321,57 @@ class Node:
             cursor = batch[-1].seq
         return found[:limit], last_seq
 
+    def watch(
+        self,
+        since: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        prefix: str = "",
+        key: str | None = None,
+        wait: float = 0.0,
+    ) -> tuple[list[Record], int]:
+        """Like ``changes``, but hold on up to ``wait`` seconds for a matching change.
+
+        Answers at once when there are changes already, when ``since`` is past the newest seq
+        (the store was reset), or when the node is stopping. Each waiting watch holds a slot of
+        ``max_watchers`` (``TooManyWatchers`` beyond it). Commits bump a generation and wake the
+        watches; one that wakes after several commits looks at the store once.
+        """
+        records, last_seq = self.changes(since, limit, prefix, key)
+        if records or wait <= 0 or since > last_seq or self.stopping:
+            return records, last_seq
+        with self._watch_lock:
+            if self._watching >= self.settings.max_watchers:
+                raise TooManyWatchers(
+                    f"{self._watching} watches are waiting, the limit (max_watchers) is "
+                    f"{self.settings.max_watchers}; retry, or poll without wait"
+                )
+            self._watching += 1
+        try:
+            deadline = time.monotonic() + wait
+            with self._changed:
+                seen = self._generation
+            while True:
+                with self._changed:
+                    while self._generation == seen and not self.stopping:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return records, last_seq
+                        self._changed.wait(remaining)
+                    seen = self._generation
+                if self.stopping:
+                    return records, last_seq
+                records, last_seq = self.changes(since, limit, prefix, key)
+                if records:
+                    return records, last_seq
+        finally:
+            with self._watch_lock:
+                self._watching -= 1
+
+    @property
+    def watchers(self) -> int:
+        """How many watches are waiting now."""
+        return self._watching
+
     def last_seq(self) -> int:
         return self.store.last_seq()
 
@@ -407,6 +465,64 @@ class Node:
             return results
         raise StaleStamp("could not stamp the batch past the stored stamps")
 
+    def batch(self, ops: Any) -> list[Record]:
+        """Check and commit a batch of put/delete operations, all or nothing (``POST /v1/batch``).
+
+        Every error names the index of the first operation that failed; nothing is written then.
+        """
+        if not isinstance(ops, list) or not ops:
+            raise InvalidRequest('a batch is {"ops": [...]} with 1 to 128 operations')
+        if len(ops) > MAX_BATCH_OPS:
+            raise InvalidRequest(
+                f"a batch holds at most {MAX_BATCH_OPS} operations; this one has {len(ops)}"
+            )
+        items = []
+        for index, op in enumerate(ops):
+            try:
+                items.append(self._batch_item(op))
+            except (InvalidRequest, ValueTooLarge) as exc:
+                raise type(exc)(f"operation {index}: {exc.description}", index=index) from None
+        try:
+            results = self.commit_many(items)
+        except PreconditionFailed as exc:
+            index = exc.index or 0
+            raise PreconditionFailed(
+                f"operation {index} ({items[index][0].key!r}): {exc.description}",
+                current=exc.current,
+                index=index,
+            ) from None
+        return [stored for stored, _ in results]
+
+    def _batch_item(self, op: Any) -> tuple[Record, Expect | str]:
+        if not isinstance(op, dict):
+            raise InvalidRequest("an operation is a JSON object")
+        unknown = set(op) - _BATCH_FIELDS
+        if unknown:
+            raise InvalidRequest(f"unknown fields {', '.join(sorted(unknown))}")
+        kind, key = op.get("op"), op.get("key")
+        if kind not in ("put", "delete"):
+            raise InvalidRequest('"op" must be "put" or "delete"')
+        if not isinstance(key, str):
+            raise InvalidRequest('"key" must be a string')
+        expect = _batch_expect(op, PRESENT if kind == "delete" else ANY)
+        if kind == "delete":
+            check_key(key)
+            return Record(key=key, deleted=True), expect
+        value = op.get("value", "")
+        if not isinstance(value, str):
+            raise InvalidRequest('"value" must be a base64 string')
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise InvalidRequest('"value" is not valid base64') from None
+        ttl = op.get("ttl")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)):
+            raise InvalidRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")
+        content_type = op.get("content_type")
+        if content_type is not None and not isinstance(content_type, str):
+            raise InvalidRequest('"content_type" must be a string')
+        return self.make_record(key, raw, content_type, ttl), expect
+
     def merge(self, record: Record, origin: str = "peer") -> Record | None:
         """Apply a replicated record: stored only if its stamp wins. Return it, or None."""
         check_key(record.key)
@@ -422,6 +538,7 @@ class Node:
     def committed(self, record: Record, origin: str) -> None:
         """Tell plugins and waiting watches about a commit."""
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
         try:
             self.plugins.hook.navistore_committed(node=self, record=record, origin=origin)
@@ -478,6 +595,30 @@ class Node:
             "none of the If-Match etags is current" if live else "the key does not exist",
             current=live,
         )
+
+
+_BATCH_FIELDS = {"op", "key", "value", "content_type", "ttl", "if_match", "if_none_match"}
+
+
+def _batch_expect(op: dict, default: Expect) -> Expect | str:
+    """A batch operation's condition: ``if_match`` (an etag, quotes included, or ``*``) or
+    ``if_none_match`` (``*``)."""
+    if_match, if_none_match = op.get("if_match"), op.get("if_none_match")
+    if if_match is not None and if_none_match is not None:
+        raise InvalidRequest("use if_match or if_none_match, not both")
+    if if_none_match is not None:
+        if if_none_match != "*":
+            raise InvalidRequest('if_none_match takes only "*"')
+        return ABSENT
+    if if_match is None:
+        return default
+    if if_match == "*":
+        return PRESENT
+    if not isinstance(if_match, str) or not re.fullmatch(r'"[\x21\x23-\x7e]*"', if_match):
+        raise InvalidRequest(
+            'if_match must be "*" or an etag with its quotes, like the ETag header'
+        )
+    return if_match[1:-1]
 
 
 def check_ttl(ttl: int) -> None:

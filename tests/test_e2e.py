@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from navistore.testing.servers import ServerProcess
+from navistore.testing.servers import ServerProcess, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,39 @@ def test_every_acknowledged_write_survives_kill_9(serve, tmp_path):
     for key, value in acknowledged.items():
         got = server.request("GET", f"/v1/keys/{key}")
         assert (got.status, got.body) == (200, value), key
+
+
+def test_sigterm_answers_every_waiting_watch(serve):
+    server = serve("--max-watchers", "20")
+    answers = []
+
+    def watch():
+        answers.append(server.request("GET", "/v1/changes?since=0&wait=60"))
+
+    threads = [threading.Thread(target=watch) for _ in range(20)]
+    for t in threads:
+        t.start()
+    wait_until(
+        lambda: server.request("GET", "/v1/changes?since=0&wait=1").status == 429, timeout=10
+    )
+    started = time.monotonic()
+    assert server.stop() == 0
+    for t in threads:
+        t.join(timeout=10)
+    assert time.monotonic() - started < 8
+    assert [a.status for a in answers] == [200] * 20
+
+
+def test_a_watch_over_http_wakes_on_a_write(serve):
+    server = serve()
+    got = {}
+    thread = threading.Thread(
+        target=lambda: got.setdefault(
+            "r", server.request("GET", "/v1/changes?since=0&prefix=cfg/&wait=30")
+        )
+    )
+    thread.start()
+    time.sleep(0.3)
+    server.request("PUT", "/v1/keys/cfg/x", b"1")
+    thread.join(timeout=5)
+    assert [c["key"] for c in got["r"].json()["changes"]] == ["cfg/x"]

@@ -1,4 +1,4 @@
-"""``/v1/changes``: the change feed, per node."""
+"""``/v1/changes``: the change feed of this node, and watches (``wait=SECONDS``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import falcon
 from navistore import _http
 from navistore.errors import InvalidRequest
 from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, Node
+
+MAX_WAIT = 600
 
 
 class ChangesResource:
@@ -19,8 +21,9 @@ class ChangesResource:
         limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if "key" in params and "prefix" in params:
             raise InvalidRequest("use key= (one key) or prefix= (a subtree), not both")
-        records, last_seq = self.node.changes(
-            since, limit, prefix=params.get("prefix", ""), key=params.get("key")
+        wait = _http.integer(params, "wait", 0, 0, MAX_WAIT)
+        records, last_seq = self.node.watch(
+            since, limit, prefix=params.get("prefix", ""), key=params.get("key"), wait=wait
         )
         resp.set_header("X-Navistore-Index", str(last_seq))
         resp.media = {

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING
 
 import falcon
 
-from navistore.errors import InvalidRequest, ValueTooLarge
+from navistore.errors import InvalidRequest
 from navistore.record import stamp_seconds
+from navistore.resources import read_json
 from navistore_peer_push import wire
 from navistore_peer_push.pusher import Options
 
@@ -17,19 +17,6 @@ if TYPE_CHECKING:
     from navistore import Node
 
 MAX_RECORDS = 10_000
-
-
-def read_json(req: falcon.Request, limit: int) -> object:
-    """The request's JSON body, refused from its length when over ``limit`` bytes."""
-    if req.content_length is not None and req.content_length > limit:
-        raise ValueTooLarge(f"the body is {req.content_length} bytes; the limit is {limit} bytes")
-    raw = req.bounded_stream.read(limit + 1)
-    if len(raw) > limit:
-        raise ValueTooLarge(f"the body is over the limit of {limit} bytes")
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}") from None
 
 
 def body_limit(node: Node) -> int:

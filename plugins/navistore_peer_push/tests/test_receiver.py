@@ -106,8 +106,14 @@ def test_malformed_records_are_400_and_nothing_is_merged(client, node, bad, prob
 
 @pytest.mark.parametrize("body", [b"{", b"[]", b'{"records": 5}', b'{"records": [], "source": 3}'])
 def test_malformed_batches_are_400(client, node, body):
-    answer = client.simulate_post("/v1/replication/records", body=body)
+    json_type = {"Content-Type": "application/json"}
+    answer = client.simulate_post("/v1/replication/records", body=body, headers=json_type)
     assert answer.status_code == 400 and answer.json["description"]
+
+
+def test_a_batch_not_sent_as_json_is_415(client, node):
+    answer = client.simulate_post("/v1/replication/records", body=b"{}")
+    assert answer.status_code == 415 and "application/json" in answer.json["description"]
 
 
 def test_the_peer_token_guards_the_peer_endpoints_and_only_them(make_node):

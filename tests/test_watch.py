@@ -1,0 +1,106 @@
+"""Watches: GET /v1/changes?wait=SECONDS holds until a matching change commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import falcon.testing
+import pytest
+
+from navistore.app import create_app
+
+
+@pytest.fixture
+def client(node):
+    return falcon.testing.TestClient(create_app(node))
+
+
+def watch_in_thread(client, query):
+    result = {}
+
+    def run():
+        started = time.monotonic()
+        result["answer"] = client.simulate_get("/v1/changes", query_string=query)
+        result["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def test_a_watch_returns_at_once_when_there_are_changes(client):
+    client.simulate_put("/v1/keys/a", body=b"1")
+    started = time.monotonic()
+    answer = client.simulate_get("/v1/changes", query_string="since=0&wait=30")
+    assert time.monotonic() - started < 1 and len(answer.json["changes"]) == 1
+
+
+def test_a_watch_wakes_on_a_matching_commit_only(client, node):
+    client.simulate_put("/v1/keys/other", body=b"x")
+    since = node.last_seq()
+    thread, result = watch_in_thread(client, f"since={since}&key=app/db&wait=10")
+    time.sleep(0.3)
+    client.simulate_put("/v1/keys/app/dbx", body=b"not this one")
+    time.sleep(0.3)
+    assert thread.is_alive()
+    client.simulate_put("/v1/keys/app/db", body=b"this one")
+    thread.join(timeout=5)
+    answer = result["answer"]
+    assert [c["key"] for c in answer.json["changes"]] == ["app/db"]
+    assert answer.headers["x-navistore-index"] == str(answer.json["last_seq"])
+    assert 0.5 < result["seconds"] < 5
+
+
+def test_a_watch_ends_empty_when_the_wait_runs_out(client, node):
+    since = node.last_seq()
+    started = time.monotonic()
+    answer = client.simulate_get("/v1/changes", query_string=f"since={since}&wait=1")
+    assert 0.9 < time.monotonic() - started < 3
+    assert answer.status_code == 200 and answer.json["changes"] == []
+
+
+def test_a_since_beyond_the_newest_seq_answers_at_once(client):
+    started = time.monotonic()
+    answer = client.simulate_get("/v1/changes", query_string="since=999&wait=30")
+    assert time.monotonic() - started < 1 and answer.json == {"changes": [], "last_seq": 0}
+
+
+def test_a_watch_since_purged_tombstones_is_410(client, node):
+    client.simulate_put("/v1/keys/a", body=b"1")
+    client.simulate_delete("/v1/keys/a")
+    client.simulate_put("/v1/keys/b", body=b"1")
+    node.purge(now=time.time() + 30 * 86400)
+    gone = client.simulate_get("/v1/changes", query_string="since=0&wait=5")
+    assert gone.status_code == 410 and "Resync" in gone.json["description"]
+
+
+def test_wait_is_bounded(client):
+    for bad in ["601", "-1", "x"]:
+        answer = client.simulate_get("/v1/changes", query_string=f"wait={bad}")
+        assert answer.status_code == 400 and "600" in answer.json["description"]
+
+
+def test_watchers_beyond_the_cap_get_429(make_node):
+    node = make_node(max_watchers=2)
+    client = falcon.testing.TestClient(create_app(node))
+    waiting = [watch_in_thread(client, "since=0&wait=10") for _ in range(2)]
+    time.sleep(0.3)
+    assert node.watchers == 2
+    refused = client.simulate_get("/v1/changes", query_string="since=0&wait=10")
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "max_watchers" in refused.json["description"]
+    client.simulate_put("/v1/keys/k", body=b"v")
+    for thread, result in waiting:
+        thread.join(timeout=5)
+        assert [c["key"] for c in result["answer"].json["changes"]] == ["k"]
+    assert node.watchers == 0
+
+
+def test_shutting_down_answers_every_watch(client, node):
+    waiting = [watch_in_thread(client, "since=0&wait=60") for _ in range(5)]
+    time.sleep(0.3)
+    node.begin_shutdown()
+    for thread, result in waiting:
+        thread.join(timeout=5)
+        assert result["answer"].status_code == 200 and result["seconds"] < 5
