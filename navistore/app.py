@@ -11,6 +11,7 @@ from typing import Any
 import falcon
 
 from navistore import errors
+from navistore.metrics import Metrics
 from navistore.node import Node
 from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
@@ -153,13 +154,22 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
 
         node = Node(load_settings(flags=settings))
         node.start()
-    middleware: list[Any] = [AccessLog(node.settings.log_format == "json")]
+    metrics = Metrics(node)
+    middleware: list[Any] = [metrics, AccessLog(node.settings.log_format == "json")]
     if node.settings.token or node.settings.peer_token:
-        middleware.insert(0, TokenAuth(node.settings.token, node.settings.peer_token))
+        middleware.insert(1, TokenAuth(node.settings.token, node.settings.peer_token))
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     app.set_error_serializer(_serialize_error)
-    app.add_error_handler(errors.NavistoreError, _domain_error)
+
+    def domain_error(
+        req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any
+    ) -> None:
+        if isinstance(exc, errors.StoreError):
+            metrics.store_errors.labels(type(exc).__name__).inc()
+        _domain_error(req, resp, exc, params)
+
+    app.add_error_handler(errors.NavistoreError, domain_error)
     app.add_route("/v1/keys", KeysResource(node))
     app.add_route("/v1/keys/{key:path}", KeyResource(node))
     app.add_route("/v1/changes", ChangesResource(node))
@@ -167,6 +177,7 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     app.add_route("/v1/status", StatusResource(node))
     app.add_route("/v1/plugins", PluginsResource(node))
     app.add_route("/healthz", HealthResource(node))
+    app.add_route("/metrics", metrics)
     for routes in node.plugins.hook.navistore_routes(node=node):
         for template, resource in routes or []:
             app.add_route(template, resource)

@@ -375,6 +375,11 @@ class Node:
     def last_seq(self) -> int:
         return self.store.last_seq()
 
+    def key_count(self) -> int | None:
+        """Live keys, when the backend can count them (the optional ``count()`` method)."""
+        count = getattr(self.store, "count", None)
+        return count() if callable(count) else None
+
     # -- writes -----------------------------------------------------------------------------
 
     def put(

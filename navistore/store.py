@@ -4,6 +4,9 @@ A backend is a class with the methods of ``Store``, plus a ``Backend`` entry tha
 from its ``navistore_backends`` hook. Stores are synchronous, thread-safe, and every method is
 atomic. They never make stamps: the Node does; a store keeps and compares what it is given.
 
+A backend may also offer ``count() -> int``, the number of live keys, for the ``navistore_keys``
+metric; it is optional, and the metric is left out without it.
+
 Errors a store raises (all in ``navistore.errors``): ``PreconditionFailed`` when ``expect`` does not
 hold, ``StaleStamp`` when ``commit`` gets a stamp not greater than the stored one, ``StoreBusy``
 when it is locked or overloaded (retryable), ``StoreFull`` when the disk is full.

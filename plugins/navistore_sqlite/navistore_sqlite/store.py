@@ -289,6 +289,11 @@ class SqliteStore:
         )
         return [_row(row) for row in rows]
 
+    def count(self) -> int:
+        """Live keys (optional in the protocol: for the navistore_keys metric)."""
+        live = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
+        return self._read(f"SELECT COUNT(*) FROM records WHERE {live}", (time.time(),))[0][0]
+
     def last_seq(self) -> int:
         return self._read("SELECT last_seq FROM counter WHERE id = 1")[0][0]
 

@@ -1,0 +1,82 @@
+"""GET /metrics: Prometheus text from prometheus-client, series bounded by route template."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import falcon.testing
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from navistore.app import create_app
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    answer = client.simulate_get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest.fixture
+def client(node):
+    return falcon.testing.TestClient(create_app(node))
+
+
+def test_requests_are_counted_by_route_template_not_path(client):
+    for i in range(5):
+        client.simulate_put(f"/v1/keys/user/{i}", body=b"v")
+    client.simulate_get("/v1/keys/missing")
+    client.simulate_get("/no/such/route")
+    samples = scrape(client)
+    key_route = "/v1/keys/{key:path}"
+    put = ("navistore_requests_total", (("method", "PUT"), ("route", key_route), ("status", "201")))
+    assert samples[put] == 5
+    missing = (
+        "navistore_requests_total",
+        (("method", "GET"), ("route", key_route), ("status", "404")),
+    )
+    assert samples[missing] == 1
+    unmatched = (
+        "navistore_requests_total",
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")),
+    )
+    assert samples[unmatched] == 1
+    assert not any("user/" in str(labels) for _, labels in samples)
+    count = ("navistore_request_duration_seconds_count", (("method", "PUT"), ("route", key_route)))
+    assert samples[count] == 5
+
+
+def test_keys_watchers_and_seq_gauges(client):
+    client.simulate_put("/v1/keys/a", body=b"v")
+    client.simulate_put("/v1/keys/b", body=b"v")
+    client.simulate_delete("/v1/keys/a")
+    samples = scrape(client)
+    assert samples[("navistore_keys", ())] == 1
+    assert samples[("navistore_last_seq", ())] == 3
+    assert samples[("navistore_watchers_waiting", ())] == 0
+
+
+def test_store_errors_are_counted(make_node, tmp_path):
+    node = make_node(store=f"sqlite:///{tmp_path}/busy.db?busy_timeout=20")
+    client = falcon.testing.TestClient(create_app(node))
+    other = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert client.simulate_put("/v1/keys/k", body=b"v").status_code == 503
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert scrape(client)[("navistore_store_errors_total", (("kind", "StoreBusy"),))] == 1
+
+
+def test_replication_lag_per_peer(make_node):
+    node = make_node(peer=("http://127.0.0.1:9",))  # nobody listens there
+    client = falcon.testing.TestClient(create_app(node))
+    client.simulate_put("/v1/keys/a", body=b"v")
+    samples = scrape(client)
+    assert samples[("navistore_replication_lag_records", (("peer", "http://127.0.0.1:9"),))] == 1
+    assert ("navistore_replication_lag_seconds", (("peer", "http://127.0.0.1:9"),)) in samples
