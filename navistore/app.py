@@ -13,6 +13,7 @@ import falcon
 from navistore import errors
 from navistore.metrics import Metrics
 from navistore.node import Node
+from navistore.openapi import OpenApiResource, describe
 from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
 from navistore.resources.keys import KeyResource, KeysResource
@@ -178,7 +179,10 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     app.add_route("/v1/plugins", PluginsResource(node))
     app.add_route("/healthz", HealthResource(node))
     app.add_route("/metrics", metrics)
-    for routes in node.plugins.hook.navistore_routes(node=node):
-        for template, resource in routes or []:
-            app.add_route(template, resource)
+    plugin_routes = [
+        route for routes in node.plugins.hook.navistore_routes(node=node) for route in routes or []
+    ]
+    for template, resource in plugin_routes:
+        app.add_route(template, resource)
+    app.add_route("/openapi.json", OpenApiResource(describe(plugin_routes)))
     return app

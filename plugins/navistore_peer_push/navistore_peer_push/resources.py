@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import falcon
 
 from navistore.errors import InvalidRequest
+from navistore.openapi import errors
 from navistore.record import stamp_seconds
 from navistore.resources import read_json
 from navistore_peer_push import wire
@@ -28,6 +29,18 @@ class HelloResource:
     """``GET /v1/replication/hello``: who we are, for the handshake."""
 
     navistore_auth = "peer"
+    openapi = {
+        "get": {
+            "summary": "Replication handshake: this node's id and store id (peer token)",
+            "responses": {
+                "200": {
+                    "description": "Who we are",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **errors(401, 405, 503),
+            },
+        }
+    }
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -44,6 +57,26 @@ class RecordsResource:
     """``POST /v1/replication/records``: merge a peer's batch, all of it or none of it."""
 
     navistore_auth = "peer"
+    openapi = {
+        "post": {
+            "summary": "Merge a peer's batch of records (peer token)",
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "Merged (and ignored: older or equal stamps)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "409": {
+                    "description": "Store id changed, same node id, or clock skew: nothing merged",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **errors(400, 401, 405, 413, 415, 503, 507),
+            },
+        }
+    }
 
     def __init__(self, node: Node, max_skew: float) -> None:
         self.node = node
@@ -93,6 +126,33 @@ class RecordsResource:
 class PeersResource:
     """``GET``/``PUT /v1/replication/peers``: the peer list; PUT replaces the runtime part."""
 
+    openapi = {
+        method: {
+            "summary": summary,
+            **(
+                {
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                }
+                if method == "put"
+                else {}
+            ),
+            "responses": {
+                "200": {
+                    "description": "The peers: all, configured, set at runtime",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **errors(400, 401, 405, 413, 415, 503),
+            },
+        }
+        for method, summary in (
+            ("get", "The peer list"),
+            ("put", "Replace the runtime peers (kept across restarts)"),
+        )
+    }
+
     def __init__(self, node: Node) -> None:
         self.node = node
 
@@ -117,6 +177,19 @@ class PeersResource:
 
 class StatusResource:
     """``GET /v1/replication/status``: each peer's cursor, lag and last error."""
+
+    openapi = {
+        "get": {
+            "summary": "Each peer's cursor, lag and last error",
+            "responses": {
+                "200": {
+                    "description": "Replication status",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **errors(401, 405, 503),
+            },
+        }
+    }
 
     def __init__(self, node: Node) -> None:
         self.node = node
