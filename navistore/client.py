@@ -1,0 +1,345 @@
+"""A Python client for the Navistore REST API.
+
+    from navistore.client import Client
+
+    with Client("http://127.0.0.1:8888") as store:
+        etag = store.put("app/db/host", b"10.0.0.5", content_type="text/plain").etag
+        store.put("app/db/host", b"10.0.0.6", if_match=etag)       # compare-and-set
+        print(store.get("app/db/host").value)
+        for entry in store.list("app/"):                           # pages automatically
+            print(entry.key, entry.size)
+        for change in store.watch(prefix="app/"):                  # blocks; a long poll
+            print(change.seq, change.key, change.deleted)
+
+Each thread reuses one keep-alive connection. Errors are the classes of ``navistore.errors``:
+``KeyNotFound`` (404), ``PreconditionFailed`` (412), ``InvalidRequest`` (400), ``ValueTooLarge``
+(413), ``ChangesGone`` (410), ``TooManyWatchers`` (429), ``StoreBusy`` (503), ``StoreFull`` (507),
+``Unauthorized`` (401), and ``ClientError`` for anything else (including an unreachable server).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from navistore import errors
+
+__all__ = ["Change", "Client", "ClientError", "Entry", "Listed", "Unauthorized", "Written"]
+
+
+class ClientError(errors.NavistoreError):
+    """The server could not be reached, or answered something unexpected."""
+
+    title = "Client error"
+
+    def __init__(self, description: str = "", *, status: int | None = None, **kwargs: Any) -> None:
+        super().__init__(description, **kwargs)
+        self.status = status
+
+
+class Unauthorized(ClientError):
+    title = "Unauthorized"
+
+
+_ERRORS: dict[int, type[errors.NavistoreError]] = {
+    400: errors.InvalidRequest,
+    401: Unauthorized,
+    404: errors.KeyNotFound,
+    410: errors.ChangesGone,
+    412: errors.PreconditionFailed,
+    413: errors.ValueTooLarge,
+    429: errors.TooManyWatchers,
+    503: errors.StoreBusy,
+    507: errors.StoreFull,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A value as ``get`` returns it."""
+
+    key: str
+    value: bytes
+    content_type: str
+    etag: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What a write answered: the new etag, and whether the key was created."""
+
+    key: str
+    etag: str
+    created: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Listed:
+    """A listing entry; with a separator, ``is_prefix`` marks a folded sub-tree."""
+
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    expires_at: float | None = None
+    is_prefix: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    seq: int
+    key: str
+    etag: str
+    deleted: bool
+
+
+def key_path(key: str) -> str:
+    """The request path of a key: every segment percent-encoded, ``.`` and ``..`` included (HTTP
+    libraries and proxies drop dot segments unless they are escaped)."""
+    segments = []
+    for segment in key.split("/"):
+        encoded = quote(segment, safe="")
+        if segment in (".", ".."):
+            encoded = segment.replace(".", "%2E")
+        segments.append(encoded)
+    return "/v1/keys/" + "/".join(segments)
+
+
+class Client:
+    """A connection-reusing client for one Navistore server."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8888", token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"{url!r} is not an http:// or https:// URL")
+        self.url = url.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._base = parts.path.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._all_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = kind(self._host, self._port, timeout=timeout)
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        query: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; return (status, lower-cased headers, body). Raises on error status."""
+        headers = dict(headers or {})
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        target = self._base + path
+        if query:
+            clean = {k: v for k, v in query.items() if v is not None}
+            if clean:
+                target += "?" + urlencode(clean, quote_via=quote)
+        # A kept-alive connection the server closed in between fails before any answer: retry
+        # once on a fresh one, except for POST, which is not safe to repeat.
+        attempts = 1 if method == "POST" else 2
+        for attempt in range(1, attempts + 1):
+            conn = self._connection(timeout or self.timeout)
+            try:
+                conn.request(method, target, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self._drop_connection()
+                if attempt == attempts:
+                    raise ClientError(f"{self.url} closed the connection: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                raise ClientError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+        answer_headers = {k.lower(): v for k, v in response.getheaders()}
+        if response.will_close:
+            self._drop_connection()
+        if response.status >= 400:
+            raise self._error(response.status, answer_headers, data)
+        return response.status, answer_headers, data
+
+    @staticmethod
+    def _error(status: int, headers: dict[str, str], data: bytes) -> errors.NavistoreError:
+        try:
+            body = json.loads(data)
+            description = body.get("description") or body.get("title") or ""
+            index = body.get("index")
+        except (ValueError, AttributeError):
+            description, index = data[:200].decode("utf-8", "replace"), None
+        kind = _ERRORS.get(status)
+        if kind is None:
+            return ClientError(f"{status}: {description}", status=status)
+        error = kind(description, index=index) if kind is not Unauthorized else kind(description)
+        if "retry-after" in headers and headers["retry-after"].isdigit():
+            error.retry_after = int(headers["retry-after"])
+        return error
+
+    def _json(self, *args: Any, **kwargs: Any) -> Any:
+        return json.loads(self.request(*args, **kwargs)[2])
+
+    def close(self) -> None:
+        with self._all_lock:
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry:
+        _, headers, data = self.request("GET", key_path(key))
+        return Entry(key, data, headers.get("content-type", ""), headers.get("etag", ""))
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str | None = None,
+        ttl: int | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> Written:
+        """Write ``value``; ``if_match``: an etag or ``*``; ``if_none_match="*"``: create only."""
+        headers = {"Content-Type": content_type or "application/octet-stream"}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        if if_none_match is not None:
+            headers["If-None-Match"] = if_none_match
+        status, answer, _ = self.request(
+            "PUT", key_path(key), bytes(value), headers, query={"ttl": ttl}
+        )
+        return Written(key, answer.get("etag", ""), created=status == 201)
+
+    def delete(self, key: str, if_match: str | None = None) -> None:
+        self.request("DELETE", key_path(key), headers={"If-Match": if_match} if if_match else None)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (an empty prefix deletes everything)."""
+        query = {"prefix": prefix} if prefix else {"all": "true"}
+        return self._json("DELETE", "/v1/keys", query=query)["deleted"]
+
+    def list(
+        self, prefix: str = "", separator: str | None = None, page_size: int = 1000, after: str = ""
+    ) -> Iterator[Listed]:
+        """Every key under ``prefix`` in key order, a page at a time; with ``separator``, one level
+        (sub-trees come as entries with ``is_prefix``)."""
+        while True:
+            page = self._json(
+                "GET",
+                "/v1/keys",
+                query={
+                    "prefix": prefix,
+                    "after": after,
+                    "limit": page_size,
+                    "separator": separator,
+                },
+            )
+            entries = [Listed(**item) for item in page["keys"]]
+            entries += [Listed(key=p, is_prefix=True) for p in page.get("prefixes", [])]
+            yield from sorted(entries, key=lambda e: e.key.encode("utf-8"))
+            if page["next"] is None:
+                return
+            after = page["next"]
+
+    def batch(self, ops: Sequence[dict[str, Any]]) -> list[Written]:
+        """Write and delete several keys, all or nothing. Each op is a dict as in the REST API;
+        a ``value`` given as bytes is base64-encoded for you."""
+        encoded = []
+        for op in ops:
+            op = dict(op)
+            if isinstance(op.get("value"), bytes | bytearray):
+                op["value"] = base64.b64encode(op["value"]).decode("ascii")
+            encoded.append(op)
+        body = json.dumps({"ops": encoded}).encode()
+        answer = self._json("POST", "/v1/batch", body, {"Content-Type": "application/json"})
+        return [Written(r["key"], r["etag"]) for r in answer["results"]]
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def changes(
+        self,
+        since: int = 0,
+        prefix: str = "",
+        key: str | None = None,
+        limit: int = 100,
+        wait: int = 0,
+    ) -> tuple[list[Change], int]:
+        """One page of the change feed after ``since``: (changes, the store's newest seq)."""
+        query = {"since": since, "limit": limit, "wait": wait or None}
+        query.update({"key": key} if key is not None else {"prefix": prefix or None})
+        body = self._json("GET", "/v1/changes", query=query, timeout=self.timeout + wait)
+        return [Change(**c) for c in body["changes"]], body["last_seq"]
+
+    def watch(
+        self, prefix: str = "", key: str | None = None, since: int | None = None, wait: int = 60
+    ) -> Iterator[Change]:
+        """Yield changes as they commit, from ``since`` (default: from now on), forever.
+
+        Raises ``ChangesGone`` when the feed no longer reaches back to the position (resync from a
+        listing). When every watcher slot is taken, it waits as the server says, and goes on.
+        """
+        if since is None:
+            since = self.status()["last_seq"]
+        while True:
+            try:
+                changes, last_seq = self.changes(since, prefix, key, limit=1000, wait=wait)
+            except errors.TooManyWatchers as busy:
+                time.sleep(busy.retry_after or 1)
+                continue
+            yield from changes
+            # Nothing matched up to last_seq (read before the feed): go on from there. That is
+            # also where to go on from when the store was reset below our position.
+            since = changes[-1].seq if changes else last_seq
+
+    # -- the node ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/status")
+
+    def health(self) -> bool:
+        try:
+            return self._json("GET", "/healthz").get("status") == "ok"
+        except errors.NavistoreError:
+            return False

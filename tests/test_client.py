@@ -1,0 +1,132 @@
+"""navistore.client.Client against a real `navistore serve`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from navistore import errors
+from navistore.client import Client, ClientError, Unauthorized, key_path
+from navistore.testing.servers import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = ServerProcess(["--max-watchers", "4"], tmp_path_factory.mktemp("client"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url) as client:
+        client.delete_prefix("")
+        yield client
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["plain", "a/b/c", ".", "..", "a/./b", "a/../b", "./x", "sp ace", "q?x", "h#sh", "per%25cent",
+     "100%", "日本/語", "\U0001f600", "trailing/", "a//b", "+plus+", "semi;colon", "~tilde"],
+)
+def test_awkward_keys_survive_the_round_trip(client, key):
+    written = client.put(key, key.encode(), content_type="text/plain")
+    assert written.created and written.etag.startswith('"')
+    entry = client.get(key)
+    assert (entry.key, entry.value, entry.content_type, entry.etag) == (
+        key, key.encode(), "text/plain", written.etag
+    )
+    assert [e.key for e in client.list()] == [key]
+
+
+def test_dot_segments_are_escaped():
+    assert key_path("a/../b") == "/v1/keys/a/%2E%2E/b"
+    assert key_path(".") == "/v1/keys/%2E"
+    assert key_path("a.b/c.") == "/v1/keys/a.b/c."
+
+
+def test_typed_errors(client):
+    with pytest.raises(errors.KeyNotFound):
+        client.get("missing")
+    with pytest.raises(errors.KeyNotFound):
+        client.delete("missing")
+    etag = client.put("k", b"1").etag
+    assert not client.put("k", b"2", if_match=etag).created
+    with pytest.raises(errors.PreconditionFailed):
+        client.put("k", b"3", if_match=etag)
+    with pytest.raises(errors.PreconditionFailed):
+        client.put("k", b"3", if_none_match="*")
+    with pytest.raises(errors.InvalidRequest, match="1024"):
+        client.put("x" * 1025, b"v")
+    with pytest.raises(errors.ValueTooLarge):
+        client.put("big", b"x" * (1024 * 1024 + 1))
+    with pytest.raises(errors.PreconditionFailed) as failed:
+        client.batch([{"op": "put", "key": "n", "value": b"v"}, {"op": "delete", "key": "none"}])
+    assert failed.value.index == 1
+
+
+def test_listing_pages_automatically(client):
+    client.batch([{"op": "put", "key": f"p/{i:04d}", "value": b"v"} for i in range(128)])
+    client.batch([{"op": "put", "key": f"p/{i:04d}", "value": b"v"} for i in range(128, 250)])
+    keys = [e.key for e in client.list("p/", page_size=7)]
+    assert keys == [f"p/{i:04d}" for i in range(250)]
+    client.put("p/sub/x", b"v")
+    level = list(client.list("p/s", separator="/"))
+    assert [(e.key, e.is_prefix) for e in level] == [("p/sub/", True)]
+    assert client.delete_prefix("p/") == 251
+    assert list(client.list("p/")) == []
+
+
+def test_batch_encodes_values(client):
+    results = client.batch(
+        [
+            {"op": "put", "key": "b1", "value": b"\x00\xff", "content_type": "x/y"},
+            {"op": "put", "key": "b2", "value": b"", "ttl": 60},
+        ]
+    )
+    assert [r.key for r in results] == ["b1", "b2"]
+    assert client.get("b1").value == b"\x00\xff" and client.get("b1").etag == results[0].etag
+
+
+def test_watch_yields_changes_as_they_commit(client):
+    seen = []
+
+    def watch():
+        for change in client.watch(prefix="w/", wait=5):
+            seen.append(change)
+            if len(seen) == 3:
+                return
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    time.sleep(0.3)
+    client.put("other", b"not watched")
+    client.put("w/1", b"a")
+    client.put("w/2", b"b")
+    client.delete("w/1")
+    thread.join(timeout=10)
+    assert [(c.key, c.deleted) for c in seen] == [("w/1", False), ("w/2", False), ("w/1", True)]
+
+
+def test_the_connection_is_reused(client, server):
+    client.put("r", b"1")
+    conn = client._local.conn
+    for _ in range(5):
+        client.get("r")
+    assert client._local.conn is conn and conn.sock is not None
+
+
+def test_an_unreachable_server_is_a_client_error():
+    with pytest.raises(ClientError, match="cannot reach"):
+        Client("http://127.0.0.1:9").get("k")
+
+
+def test_a_token_is_sent(serve):
+    server = serve("--token", "s3cret")
+    with pytest.raises(Unauthorized):
+        Client(server.url).get("k")
+    with Client(server.url, token="s3cret") as client:
+        client.put("k", b"v")
+        assert client.get("k").value == b"v"
