@@ -11,6 +11,7 @@ from navistore._version import __version__
 from navistore.errors import NavistoreError, PluginError, SettingsError
 from navistore.plugins import Plugins, get_plugin_manager, plugins_report, resolve_replicator_name
 from navistore.settings import Settings, add_arguments, load_settings
+from navistore.shell import add_commands, run
 from navistore.store import url_scheme
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -114,11 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument("--examples", type=int, help="Hypothesis examples (default 200)")
     conformance.add_argument("-k", dest="select", metavar="EXPR", help="only tests matching EXPR")
     conformance.set_defaults(func=cmd_conformance)
+
+    add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "client_command", False):
+        return run(args.func, args)
     try:
         return args.func(args)
     except (SettingsError, PluginError) as exc:

@@ -28,15 +28,37 @@ def client(server):
 
 @pytest.mark.parametrize(
     "key",
-    ["plain", "a/b/c", ".", "..", "a/./b", "a/../b", "./x", "sp ace", "q?x", "h#sh", "per%25cent",
-     "100%", "日本/語", "\U0001f600", "trailing/", "a//b", "+plus+", "semi;colon", "~tilde"],
+    [
+        "plain",
+        "a/b/c",
+        ".",
+        "..",
+        "a/./b",
+        "a/../b",
+        "./x",
+        "sp ace",
+        "q?x",
+        "h#sh",
+        "per%25cent",
+        "100%",
+        "日本/語",
+        "\U0001f600",
+        "trailing/",
+        "a//b",
+        "+plus+",
+        "semi;colon",
+        "~tilde",
+    ],
 )
 def test_awkward_keys_survive_the_round_trip(client, key):
     written = client.put(key, key.encode(), content_type="text/plain")
     assert written.created and written.etag.startswith('"')
     entry = client.get(key)
     assert (entry.key, entry.value, entry.content_type, entry.etag) == (
-        key, key.encode(), "text/plain", written.etag
+        key,
+        key.encode(),
+        "text/plain",
+        written.etag,
     )
     assert [e.key for e in client.list()] == [key]
 

@@ -1,0 +1,203 @@
+"""The client commands of ``navistore``: get, put, delete, ls, watch, dump, load.
+
+They talk to a server over HTTP (``--url`` or ``NAVISTORE_URL``; ``--token`` or
+``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte, ``put``
+reads stdin when no value is given, and the exit status says what happened: 0 done, 1 not found,
+2 usage, 3 precondition failed, 4 any other error (the server unreachable, say).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from navistore import errors
+from navistore.backup import dump, load
+from navistore.client import Client, ClientError
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, token=args.token)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        entry = client.get(args.key)
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    try:
+        out.write(entry.value)
+        out.flush()
+    finally:
+        if args.output:
+            out.close()
+    if args.etag:
+        print(entry.etag, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    if args.value is not None and args.file:
+        raise errors.InvalidRequest("give the value as an argument or with --file, not both")
+    if args.value is not None:
+        value = os.fsencode(args.value)
+    elif args.file:
+        with open(args.file, "rb") as handle:
+            value = handle.read()
+    else:
+        value = sys.stdin.buffer.read()
+    with _client(args) as client:
+        written = client.put(
+            args.key,
+            value,
+            content_type=args.content_type,
+            ttl=args.ttl,
+            if_match=args.if_match,
+            if_none_match="*" if args.create else None,
+        )
+    print(written.etag)
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.prefix:
+            print(client.delete_prefix(args.key))
+        else:
+            client.delete(args.key, if_match=args.if_match)
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for entry in client.list(args.prefix, separator=args.separator):
+            if args.long and not entry.is_prefix:
+                expires = "-" if entry.expires_at is None else f"{entry.expires_at:.0f}"
+                columns = f"{entry.size:>10} {entry.content_type:<28} {expires:>10} {entry.etag}"
+                print(f"{columns} {entry.key}")
+            elif args.long:
+                print(f"{'PREFIX':>10} {'':<28} {'':>10} {'':<20} {entry.key}")
+            else:
+                print(entry.key)
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    seen = 0
+    with _client(args) as client:
+        try:
+            for change in client.watch(args.prefix, key=args.key, since=args.since, wait=args.wait):
+                line = {"seq": change.seq, "key": change.key, "etag": change.etag}
+                print(
+                    json.dumps({**line, "deleted": change.deleted}, ensure_ascii=False), flush=True
+                )
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    return EXIT_OK
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.output in (None, "-"):
+            dump(client, sys.stdout.buffer, args.prefix)
+        else:
+            with open(args.output, "wb") as out:
+                dump(client, out, args.prefix)
+    return EXIT_OK
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        written, resumed = load(client, args.file, restart=args.restart)
+    if resumed:
+        print(f"resumed after line {resumed}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a client command; turn errors into a message and an exit status."""
+    try:
+        return func(args)
+    except errors.KeyNotFound as exc:
+        print(f"navistore: not found: {exc.description}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except errors.PreconditionFailed as exc:
+        print(f"navistore: precondition failed: {exc.description}", file=sys.stderr)
+        return EXIT_PRECONDITION
+    except (errors.InvalidRequest, OSError) as exc:
+        print(f"navistore: {getattr(exc, 'description', None) or exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, errors.InvalidRequest) else EXIT_ERROR
+    except (ClientError, errors.NavistoreError) as exc:
+        print(f"navistore: {exc.title.lower()}: {exc.description}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add the client commands to the ``navistore`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("NAVISTORE_URL", "http://127.0.0.1:8888"),
+        help="the server (default: $NAVISTORE_URL or http://127.0.0.1:8888)",
+    )
+    common.add_argument(
+        "--token", default=os.environ.get("NAVISTORE_TOKEN"), help="bearer token ($NAVISTORE_TOKEN)"
+    )
+
+    get = commands.add_parser("get", parents=[common], help="print a value, byte for byte")
+    get.add_argument("key")
+    get.add_argument("-o", "--output", help="write the value to this file instead of stdout")
+    get.add_argument("--etag", action="store_true", help="also print the etag, on stderr")
+    get.set_defaults(func=cmd_get)
+
+    put = commands.add_parser(
+        "put", parents=[common], help="write a value (argument, --file or stdin)"
+    )
+    put.add_argument("key")
+    put.add_argument("value", nargs="?", help="the value (default: read stdin)")
+    put.add_argument("-f", "--file", help="read the value from this file")
+    put.add_argument("-t", "--content-type", help="the value's content type")
+    put.add_argument("--ttl", type=int, help="seconds to live")
+    put.add_argument("--if-match", metavar="ETAG", help="only over this version (compare-and-set)")
+    put.add_argument("--create", action="store_true", help="only if the key does not exist")
+    put.set_defaults(func=cmd_put)
+
+    delete = commands.add_parser("delete", parents=[common], help="delete a key (or a prefix)")
+    delete.add_argument("key")
+    delete.add_argument("--if-match", metavar="ETAG", help="only this version")
+    delete.add_argument("--prefix", action="store_true", help="delete every key under KEY")
+    delete.set_defaults(func=cmd_delete)
+
+    ls = commands.add_parser("ls", parents=[common], help="list keys in key order")
+    ls.add_argument("prefix", nargs="?", default="")
+    ls.add_argument("-s", "--separator", help="one level: fold keys below the next separator")
+    ls.add_argument("-l", "--long", action="store_true", help="size, content type, expiry, etag")
+    ls.set_defaults(func=cmd_ls)
+
+    watch = commands.add_parser("watch", parents=[common], help="print changes as they commit")
+    watch.add_argument("prefix", nargs="?", default="")
+    watch.add_argument("--key", help="watch one exact key")
+    watch.add_argument("--since", type=int, help="start after this seq (default: now)")
+    watch.add_argument("--wait", type=int, default=60, help="seconds per long poll (default 60)")
+    watch.add_argument("-n", "--count", type=int, help="stop after this many changes")
+    watch.set_defaults(func=cmd_watch)
+
+    dump_ = commands.add_parser("dump", parents=[common], help="back up keys as JSON Lines")
+    dump_.add_argument("-o", "--output", help="file to write (default: stdout)")
+    dump_.add_argument("--prefix", default="", help="only keys under this prefix")
+    dump_.set_defaults(func=cmd_dump)
+
+    load_ = commands.add_parser("load", parents=[common], help="restore a dump (resumable)")
+    load_.add_argument("file")
+    load_.add_argument("--restart", action="store_true", help="ignore FILE.progress; start over")
+    load_.set_defaults(func=cmd_load)
+
+    for parser in (get, put, delete, ls, watch, dump_, load_):
+        parser.set_defaults(client_command=True)

@@ -1,0 +1,178 @@
+"""The client commands (get, put, delete, ls, watch, dump, load) against real servers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from navistore.client import Client
+from navistore.testing.servers import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = ServerProcess([], tmp_path_factory.mktemp("shell"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nav(server, tmp_path):
+    Client(server.url).delete_prefix("")
+
+    def run(*args: str, stdin: bytes = b"", url: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "NAVISTORE_URL": url or server.url}
+        return subprocess.run(
+            [sys.executable, "-m", "navistore", *args],
+            input=stdin,
+            capture_output=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    return run
+
+
+def test_put_and_get_are_byte_for_byte(nav, tmp_path):
+    value = bytes(range(256))
+    put = nav("put", "bin/all-bytes", stdin=value)
+    assert put.returncode == 0 and put.stdout.decode().strip().startswith('"')
+    got = nav("get", "bin/all-bytes")
+    assert got.returncode == 0 and got.stdout == value
+    (tmp_path / "f").write_bytes(b"from a file\n")
+    assert nav("put", "f", "--file", "f", "-t", "text/plain").returncode == 0
+    assert nav("get", "f").stdout == b"from a file\n"
+    assert nav("put", "arg", "a value").returncode == 0
+    assert nav("get", "arg", "-o", "out").returncode == 0
+    assert (tmp_path / "out").read_bytes() == b"a value"
+
+
+def test_exit_codes(nav, server):
+    missing = nav("get", "missing")
+    assert missing.returncode == 1 and b"not found" in missing.stderr
+    assert nav("delete", "missing").returncode == 1
+    etag = nav("put", "k", "1").stdout.decode().strip()
+    assert nav("put", "k", "2", "--if-match", etag).returncode == 0
+    stale = nav("put", "k", "3", "--if-match", etag)
+    assert stale.returncode == 3 and b"precondition failed" in stale.stderr
+    assert nav("put", "k", "4", "--create").returncode == 3
+    assert nav("get", "k").stdout == b"2"
+    assert nav("get").returncode == 2  # usage
+    assert nav("put", "x" * 1025, "v").returncode == 2  # the server says 400
+    down = nav("get", "k", url="http://127.0.0.1:9")
+    assert down.returncode == 4 and b"cannot reach" in down.stderr
+
+
+def test_ls_and_delete(nav):
+    for key in ["a/1", "a/2", "a/sub/3", "b"]:
+        nav("put", key, "v", "-t", "text/plain")
+    assert nav("ls").stdout.decode().split() == ["a/1", "a/2", "a/sub/3", "b"]
+    assert nav("ls", "a/", "--separator", "/").stdout.decode().split() == ["a/1", "a/2", "a/sub/"]
+    long = nav("ls", "-l", "b").stdout.decode()
+    assert "text/plain" in long and long.strip().endswith(" b") and long.split()[0] == "1"
+    assert nav("delete", "a/", "--prefix").stdout.decode().strip() == "3"
+    assert nav("delete", "b").returncode == 0
+    assert nav("ls").stdout == b""
+
+
+def test_watch_prints_json_lines(nav, server):
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "navistore", "watch", "w/", "--count", "2", "--wait", "5"],
+        env={**os.environ, "NAVISTORE_URL": server.url},
+        stdout=subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    nav("put", "w/1", "a")
+    nav("delete", "w/1")
+    out, _ = watcher.communicate(timeout=30)
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(c["key"], c["deleted"]) for c in lines] == [("w/1", False), ("w/1", True)]
+    assert watcher.returncode == 0
+
+
+def test_dump_and_load_10000_keys(serve, tmp_path):
+    source, target = (
+        serve("--store", "sqlite:///source.db"),
+        serve("--store", "sqlite:///target.db"),
+    )
+    with Client(source.url) as client:
+        for start in range(0, 10_000, 128):
+            client.batch(
+                [
+                    {
+                        "op": "put",
+                        "key": f"k/{i:05d}/é",
+                        "value": bytes([i % 256, 0, 255]) * (i % 7),
+                        "content_type": f"type/{i % 3}",
+                        **({"ttl": 3600} if i % 5 == 0 else {}),
+                    }
+                    for i in range(start, min(start + 128, 10_000))
+                ]
+            )
+    env = {**os.environ, "NAVISTORE_URL": source.url}
+    run = {"capture_output": True, "cwd": tmp_path, "timeout": 300}
+    dumped = subprocess.run(
+        [sys.executable, "-m", "navistore", "dump", "-o", "d.jsonl"], env=env, **run
+    )
+    assert dumped.returncode == 0 and b"dumped 10000 keys" in dumped.stderr
+    env["NAVISTORE_URL"] = target.url
+    for _ in range(2):  # idempotent: loading twice changes nothing that a dump shows
+        loaded = subprocess.run(
+            [sys.executable, "-m", "navistore", "load", "d.jsonl"], env=env, **run
+        )
+        assert loaded.returncode == 0 and b"loaded 10000 keys" in loaded.stderr
+    assert not (tmp_path / "d.jsonl.progress").exists()
+
+    def contents(url: str) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "navistore", "dump"], env={**env, "NAVISTORE_URL": url}, **run
+        ).stdout
+        lines = [json.loads(line) for line in out.splitlines()[1:]]
+        return {
+            line["key"]: (line["value"], line["content_type"], line["expires_at"] is not None)
+            for line in lines
+        }
+
+    original, restored = contents(source.url), contents(target.url)
+    assert len(original) == 10_000 and restored == original
+    assert base64.b64decode(original["k/00006/é"][0]) == bytes([6, 0, 255]) * 6
+    with Client(source.url) as a, Client(target.url) as b:
+        listed_a = {e.key: e.expires_at for e in a.list()}
+        listed_b = {e.key: e.expires_at for e in b.list()}
+    for key, expires in listed_a.items():
+        if expires is not None:  # the expiry is kept (to the second)
+            assert abs(listed_b[key] - expires) < 2
+
+
+def test_load_resumes_after_an_interruption(serve, tmp_path):
+    server = serve()
+    lines = [json.dumps({"navistore_dump": 1})] + [
+        json.dumps({"key": f"r/{i:03d}", "value": base64.b64encode(b"v").decode()})
+        for i in range(300)
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "d.jsonl.progress").write_text("201")  # lines 1-201 were loaded before
+    env = {**os.environ, "NAVISTORE_URL": server.url}
+    loaded = subprocess.run(
+        [sys.executable, "-m", "navistore", "load", "d.jsonl"],
+        env=env,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert loaded.returncode == 0 and b"resumed after line 201" in loaded.stderr
+    keys = [e.key for e in Client(server.url).list("r/")]
+    assert keys == [f"r/{i:03d}" for i in range(200, 300)]
+
+
+def test_load_refuses_a_file_that_is_not_a_dump(nav, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"navistore_dump": 1}\nnot json\n')
+    bad = nav("load", "bad.jsonl")
+    assert bad.returncode == 2 and b"line 2 is not JSON" in bad.stderr
