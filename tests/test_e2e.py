@@ -234,3 +234,61 @@ def test_a_watch_over_http_wakes_on_a_write(serve):
     server.request("PUT", "/v1/keys/cfg/x", b"1")
     thread.join(timeout=5)
     assert [c["key"] for c in got["r"].json()["changes"]] == ["cfg/x"]
+
+
+def test_waitress_serve_call_reads_settings_from_the_environment(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from navistore.testing.servers import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "NAVISTORE_STORE": f"sqlite:///{tmp_path}/w.db",
+        "NAVISTORE_NODE_ID": "from-env",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "waitress",
+            f"--listen=127.0.0.1:{port}",
+            "--call",
+            "navistore:create_app",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        client = ServerProcess.__new__(ServerProcess)
+        client.host, client.port = "127.0.0.1", port
+
+        def up():
+            try:
+                return client.request("GET", "/healthz").status == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=20)
+        assert client.request("PUT", "/v1/keys/k", b"v").status == 201
+        assert client.request("GET", "/v1/status").json()["node_id"] == "from-env"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert (tmp_path / "w.db").exists()
+
+
+def test_json_logs(serve):
+    import json
+
+    server = serve("--log-format", "json")
+    server.request("GET", "/v1/keys/nothing")
+    time.sleep(0.3)
+    entries = [json.loads(line) for line in server.log if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == "navistore.access"]
+    assert access and access[-1]["status"] == 404 and access[-1]["uri"] == "/v1/keys/nothing"
+    assert any("serving on" in e["message"] for e in entries)
