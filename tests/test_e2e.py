@@ -210,9 +210,11 @@ def test_sigterm_answers_every_waiting_watch(serve):
     threads = [threading.Thread(target=watch) for _ in range(20)]
     for t in threads:
         t.start()
-    wait_until(
-        lambda: server.request("GET", "/v1/changes?since=0&wait=1").status == 429, timeout=10
-    )
+    def all_waiting():  # read the gauge: a probing watch would take a slot itself
+        return b"navistore_watchers_waiting 20.0" in server.request("GET", "/metrics").body
+
+    wait_until(all_waiting, timeout=10)
+    assert server.request("GET", "/v1/changes?since=0&wait=1").status == 429
     started = time.monotonic()
     assert server.stop() == 0
     for t in threads:
