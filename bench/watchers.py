@@ -1,0 +1,117 @@
+"""What waiting watches cost: plain GET throughput with 0 and with 50 watches waiting.
+
+    python bench/watchers.py [--seconds 5] [--watchers 50]
+
+Starts `navistore serve` (sqlite, 8 threads, room for the watches), loads 1,000 keys, and drives
+GETs with wrk (16 connections) three times in the same run: with no watch waiting (the baseline),
+with 50 watches waiting on a prefix nobody writes, and with 50 watches on a prefix written 20
+times a second (each write wakes them all). Prints req/s, p50, p99 and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _wrk  # noqa: E402
+
+from navistore.client import Client  # noqa: E402
+from navistore.testing.servers import ServerProcess  # noqa: E402
+
+
+def start_watchers(
+    url: str, count: int, prefix: str, stop: threading.Event
+) -> list[threading.Thread]:
+    def watch() -> None:
+        with Client(url, timeout=120) as client:
+            since = client.status()["last_seq"]
+            while not stop.is_set():
+                changes, last = client.changes(since, prefix=prefix, wait=30)
+                since = changes[-1].seq if changes else last
+
+    threads = [threading.Thread(target=watch, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def waiting(client: Client) -> int:
+    _, _, body = client.request("GET", "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("navistore_watchers_waiting "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--watchers", type=int, default=50)
+    args = parser.parse_args()
+    _wrk.ensure_wrk()
+    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    server = ServerProcess(["--threads", "8", "--max-watchers", str(args.watchers + 8)], folder)
+    results = {}
+    try:
+        client = Client(server.url)
+        for start in range(0, 1000, 128):
+            client.batch(
+                [
+                    {"op": "put", "key": f"k/{i:06d}", "value": b"x" * 100}
+                    for i in range(start, min(start + 128, 1000))
+                ]
+            )
+        lua = _wrk.get_random_keys("k/", 1000)
+        _wrk.run(server.url, lua, 16, 1)  # warm up
+        results["no watchers"] = _wrk.run(server.url, lua, 16, args.seconds)
+
+        stop = threading.Event()
+        start_watchers(server.url, args.watchers, "quiet/", stop)
+        deadline = time.monotonic() + 10
+        while waiting(client) < args.watchers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        label = f"{args.watchers} watchers waiting"
+        results[label] = _wrk.run(server.url, lua, 16, args.seconds)
+        stop.set()
+        client.put("quiet/stop", b"")  # wake them, they leave
+
+        stop = threading.Event()
+        start_watchers(server.url, args.watchers, "busy/", stop)
+        while waiting(client) < args.watchers and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+
+        def writer() -> None:
+            with Client(server.url) as writes:
+                i = 0
+                while not stop.is_set():
+                    writes.put(f"busy/{i % 10}", b"tick")
+                    i += 1
+                    time.sleep(0.05)
+
+        ticker = threading.Thread(target=writer, daemon=True)
+        ticker.start()
+        results[f"{args.watchers} watchers woken 20x/s"] = _wrk.run(
+            server.url, lua, 16, args.seconds
+        )
+        stop.set()
+        ticker.join()
+    finally:
+        server.stop()
+    base = results["no watchers"].requests_per_second
+    print(f"GET, 1,000 keys, wrk -c16, {args.seconds:g} s each, same server, same run")
+    for label, result in results.items():
+        ratio = result.requests_per_second / base
+        print(f"  {label:<28} {result.row()}  {ratio:5.2f}x  errors {result.errors}")
+
+
+if __name__ == "__main__":
+    main()
