@@ -210,6 +210,7 @@ def test_sigterm_answers_every_waiting_watch(serve):
     threads = [threading.Thread(target=watch) for _ in range(20)]
     for t in threads:
         t.start()
+
     def all_waiting():  # read the gauge: a probing watch would take a slot itself
         return b"navistore_watchers_waiting 20.0" in server.request("GET", "/metrics").body
 

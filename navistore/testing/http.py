@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from urllib.parse import quote
 
@@ -172,6 +173,39 @@ class HttpSuite(SuiteFixtures):
         assert [c["key"] for c in rest] == ["a"]
         only_b = client.simulate_get("/v1/changes", params={"key": "b"}).json["changes"]
         assert [c["key"] for c in only_b] == ["b"]
+
+    @requires("batch")
+    def test_a_batch_is_all_or_nothing(self, client, node):
+        etag = client.simulate_put("/v1/keys/a", body=b"1").headers["etag"]
+        ops = [
+            {"op": "put", "key": "b", "value": "Mg=="},
+            {"op": "put", "key": "a", "value": "Mw==", "if_match": '"0000000000000000-x"'},
+        ]
+        failed = client.simulate_post("/v1/batch", json={"ops": ops})
+        assert failed.status_code == 412 and failed.json["index"] == 1
+        assert client.simulate_get("/v1/keys/b").status_code == 404
+        ops[1]["if_match"] = etag
+        done = client.simulate_post("/v1/batch", json={"ops": ops})
+        assert done.status_code == 200
+        assert [r["key"] for r in done.json["results"]] == ["b", "a"]
+        assert client.simulate_get("/v1/keys/a").content == b"3"
+
+    def test_a_watch_wakes_on_a_write(self, client, node):
+        client.simulate_put("/v1/keys/seed", body=b"x")
+        since = node.last_seq()
+        answer = {}
+
+        def watch():
+            query = f"since={since}&prefix=w/&wait=10"
+            answer["r"] = client.simulate_get("/v1/changes", query_string=query)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        time.sleep(0.3)
+        client.simulate_put("/v1/keys/other", body=b"x")
+        client.simulate_put("/v1/keys/w/1", body=b"x")
+        watcher.join(timeout=10)
+        assert [c["key"] for c in answer["r"].json["changes"]] == ["w/1"]
 
     def test_health_and_status(self, client, backend):
         assert client.simulate_get("/healthz").json == {"status": "ok"}
