@@ -133,6 +133,9 @@ class Node:
             self.clock = Clock(self.node_id)
             self._start_clock()
             self._make_replication()
+            subscribe = getattr(self.store, "subscribe", None)
+            if callable(subscribe):
+                subscribe(self._changed_elsewhere)
         except BaseException:
             self.store.close()
             raise
@@ -151,6 +154,13 @@ class Node:
         return value
 
     def _node_id(self) -> str:
+        claim = getattr(self.store, "claim_node_id", None)
+        if callable(claim):
+            # A store shared by several nodes: each node holds its own id while it runs (the
+            # meta is shared, so an id kept there would be everyone's).
+            node_id = self.settings.node_id or _generated_node_id()
+            claim(node_id)
+            return node_id
         if self.settings.node_id:
             return self.settings.node_id
         node_id = self._meta_default(META_NODE_ID, _generated_node_id)
@@ -539,6 +549,15 @@ class Node:
         if stored is not None:
             self.committed(stored, origin)
         return stored
+
+    def _changed_elsewhere(self) -> None:
+        """Another node committed to the store we share: wake watches and replication."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+        wake = getattr(self.replication, "wake", None)
+        if callable(wake):
+            wake()
 
     def committed(self, record: Record, origin: str) -> None:
         """Tell plugins and waiting watches about a commit."""

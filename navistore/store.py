@@ -4,8 +4,14 @@ A backend is a class with the methods of ``Store``, plus a ``Backend`` entry tha
 from its ``navistore_backends`` hook. Stores are synchronous, thread-safe, and every method is
 atomic. They never make stamps: the Node does; a store keeps and compares what it is given.
 
-A backend may also offer ``count() -> int``, the number of live keys, for the ``navistore_keys``
-metric; it is optional, and the metric is left out without it.
+Optional methods, which the Node uses when a backend has them:
+
+- ``count() -> int``: the number of live keys, for the ``navistore_keys`` metric.
+- ``claim_node_id(node_id)`` (stores that several nodes share): hold a node id while this process
+  runs, raising ``SettingsError`` when a live node holds it. The Node then generates an id per
+  process instead of keeping one in the (shared) meta.
+- ``subscribe(callback)`` (shared stores): call ``callback()`` after commits made by any node,
+  so watches and replication wake on other nodes' writes.
 
 Errors a store raises (all in ``navistore.errors``): ``PreconditionFailed`` when ``expect`` does not
 hold, ``StaleStamp`` when ``commit`` gets a stamp not greater than the stored one, ``StoreBusy``
@@ -28,6 +34,7 @@ CAPABILITIES = {
     "batch": "commit_many is all or nothing",
     "persistent": "data survives close() and reopening the same URL",
     "concurrent": "several threads may commit at once, each commit atomic",
+    "shared": "several stores (nodes) may open one URL at once; seqs stay gap-free among them",
 }
 
 

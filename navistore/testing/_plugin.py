@@ -38,11 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def hypothesis_examples(config: pytest.Config) -> int:
+def hypothesis_examples(config: pytest.Config, default: int | None = None) -> int:
+    """The option, else the environment variable, else the suite's ``default``, else 200."""
     chosen = config.getoption("--navistore-examples", default=None)
-    if chosen is None:
-        chosen = int(os.environ.get(HYPOTHESIS_EXAMPLES_VARIABLE, DEFAULT_EXAMPLES))
-    return chosen
+    if chosen is None and HYPOTHESIS_EXAMPLES_VARIABLE in os.environ:
+        chosen = int(os.environ[HYPOTHESIS_EXAMPLES_VARIABLE])
+    return chosen or default or DEFAULT_EXAMPLES
 
 
 class SuiteFixtures:

@@ -41,7 +41,13 @@ def keys_of(records: list[Record]) -> list[str]:
 
 
 class BackendSuite(SuiteFixtures):
-    """Adopt with a subclass that overrides ``make_store_url``."""
+    """Adopt with a subclass that overrides ``make_store_url``.
+
+    ``hypothesis_examples`` sets the state machine's examples for this backend (a slow backend
+    may lower it); the ``--navistore-examples`` option and ``NAVISTORE_SUITE_EXAMPLES`` override it.
+    """
+
+    hypothesis_examples: int | None = None
 
     @pytest.fixture
     def stamps(self) -> Stamps:
@@ -529,9 +535,53 @@ class BackendSuite(SuiteFixtures):
         new, _ = again.commit(record("new", b"v", stamps.next()), ANY)
         assert new.seq > last
 
+    # -- shared stores ----------------------------------------------------------------------
+
+    @requires("shared", "concurrent")
+    def test_two_stores_on_one_url_keep_the_feed_gap_free(self, open_store, make_store_url):
+        """Writers on two stores (two nodes) and a reader tailing the feed: the reader never
+        skips a record that commits late, and seqs are unique across both stores."""
+        url = make_store_url()
+        first, second = open_store(url), open_store(url)
+        stamps = {name: Stamps(name) for name in ("a", "b")}
+        done = threading.Event()
+        seen: dict[int, str] = {}
+        committed: list[int] = []
+        lock = threading.Lock()
+
+        def write(store, name: str) -> None:
+            for i in range(60):
+                stored, _ = store.commit(record(f"{name}/{i}", b"v", stamps[name].next()), ANY)
+                with lock:
+                    committed.append(stored.seq)
+
+        def tail() -> None:
+            since = 0
+            while not done.is_set() or since < max(committed, default=0):
+                for change in first.changes(since, 50):
+                    seen[change.seq] = change.key
+                    since = change.seq
+
+        pairs = ((first, "a"), (second, "b"))
+        writers = [threading.Thread(target=write, args=pair) for pair in pairs]
+        reader = threading.Thread(target=tail)
+        reader.start()
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        done.set()
+        reader.join(timeout=30)
+        assert len(set(committed)) == 120
+        assert sorted(seen) == sorted(committed)
+        assert first.last_seq() == second.last_seq() == max(committed)
+        assert second.get("a/0").value == b"v" and first.get("b/59").value == b"v"
+
     # -- random sequences against a model ---------------------------------------------------
 
     def test_random_operation_sequences_match_a_dict_model(
         self, open_store, make_store_url, request
     ):
-        run_state_machine(lambda: open_store(make_store_url()), request.config)
+        run_state_machine(
+            lambda: open_store(make_store_url()), request.config, self.hypothesis_examples
+        )

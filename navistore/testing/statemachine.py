@@ -166,13 +166,15 @@ def build_machine(open_store: Callable[[], Store]) -> type[RuleBasedStateMachine
     return StoreMachine
 
 
-def run_state_machine(open_store: Callable[[], Store], config: pytest.Config) -> None:
+def run_state_machine(
+    open_store: Callable[[], Store], config: pytest.Config, default: int | None = None
+) -> None:
     """Run the machine for the configured number of examples, each on a fresh store."""
     machine = build_machine(open_store)
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=hypothesis_examples(config),
+            max_examples=hypothesis_examples(config, default),
             stateful_step_count=40,
             deadline=None,
             derandomize=False,

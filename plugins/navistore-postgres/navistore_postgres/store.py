@@ -1,0 +1,485 @@
+"""PostgresStore: the Store protocol on PostgreSQL, through psycopg 3 and a connection pool.
+
+Every write transaction first locks the one counter row (``SELECT ... FOR UPDATE``). That
+serialises writers across every node on the database, and it is what keeps the change feed
+gap-free: a seq is taken inside the committing transaction, so no record with a lower seq can
+commit after one with a higher seq is visible. (A PostgreSQL sequence hands numbers out in call
+order, not commit order: a reader of ``changes(since)`` could skip a record that commits late.)
+
+Each commit sends ``NOTIFY`` on the store's channel; a listener thread wakes the Node's watches and
+replication, so a watch on one node wakes on a write made through another.
+
+Keys are stored as ``bytea`` (bytewise order, as UTF-8), stamps with the "C" collation (bytewise
+too), values as ``bytea``. The schema is created on first use and versioned in the meta table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pg_errors
+
+from navistore.errors import SettingsError, StaleStamp, StoreBusy, StoreError, StoreFull
+from navistore.record import Expect, Record
+from navistore.store import check_precondition, prefix_end
+
+log = logging.getLogger("navistore.postgres")
+
+SCHEMA_VERSION = 1
+NODE_LEASE_SECONDS = 30.0
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}\Z")
+_OPTIONS = {"schema", "pool_min", "pool_max", "pool_timeout"}
+_COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
+_LISTING = "key, NULL, content_type, stamp, deleted, expires_at, seq, length(value)"
+_LIVE = "NOT deleted AND (expires_at IS NULL OR expires_at > %s)"
+
+# Version 1. A later version adds a migration from the one before to _MIGRATIONS.
+_CREATE = """
+CREATE TABLE IF NOT EXISTS {s}.records (
+    key bytea PRIMARY KEY,
+    value bytea NOT NULL,
+    content_type text NOT NULL,
+    stamp text COLLATE "C" NOT NULL,
+    deleted boolean NOT NULL,
+    expires_at double precision,
+    seq bigint NOT NULL UNIQUE
+);
+CREATE INDEX IF NOT EXISTS records_expiry ON {s}.records (expires_at)
+    WHERE expires_at IS NOT NULL AND NOT deleted;
+CREATE TABLE IF NOT EXISTS {s}.counter (
+    id integer PRIMARY KEY CHECK (id = 1),
+    last_seq bigint NOT NULL
+);
+INSERT INTO {s}.counter (id, last_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS {s}.meta (name text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.nodes (
+    node_id text PRIMARY KEY,
+    instance text NOT NULL,
+    host text NOT NULL,
+    started double precision NOT NULL,
+    heartbeat double precision NOT NULL
+);
+"""
+_MIGRATIONS: dict[int, str] = {}
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """Split our options (schema, pool sizes) from the libpq connection URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OPTIONS}
+    theirs = [(k, v) for k, v in query if k not in _OPTIONS]
+    schema = ours.setdefault("schema", "navistore")
+    if not _SCHEMA_NAME.match(schema):
+        raise SettingsError(
+            f"store: schema {schema!r} must be a lowercase SQL name: letters, digits and _"
+        )
+    for name in ("pool_min", "pool_max", "pool_timeout"):
+        if name in ours and not ours[name].isdigit():
+            raise SettingsError(f"store: {name} must be a whole number")
+    conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    return conninfo, ours
+
+
+def _translate(exc: Exception) -> StoreError:
+    if isinstance(exc, pg_errors.DiskFull):
+        return StoreFull(f"PostgreSQL cannot grow: {exc}")
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StoreBusy("every PostgreSQL connection is busy; retry shortly")
+    if isinstance(
+        exc,
+        pg_errors.SerializationFailure
+        | pg_errors.DeadlockDetected
+        | pg_errors.LockNotAvailable
+        | pg_errors.QueryCanceled,
+    ):
+        return StoreBusy(f"PostgreSQL is busy ({type(exc).__name__}); retry shortly")
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreBusy(f"PostgreSQL does not answer: {exc}")
+    return StoreError(f"PostgreSQL failed: {exc}")
+
+
+def _record(row: Sequence[Any]) -> Record:
+    key, value, content_type, stamp, deleted, expires_at, seq, *size = row
+    return Record(
+        key=bytes(key).decode("utf-8"),
+        value=bytes(value) if value is not None else None,
+        content_type=content_type,
+        stamp=stamp,
+        deleted=deleted,
+        expires_at=expires_at,
+        seq=seq,
+        size=size[0] if size else -1,
+    )
+
+
+def _bounds(prefix: str) -> tuple[str, list[bytes]]:
+    if not prefix:
+        return "", []
+    low = prefix.encode("utf-8")
+    return " AND key >= %s AND key < %s", [low, prefix_end(low)]
+
+
+class PostgresStore:
+    """The backend for when one machine is not enough."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        schema: str = "navistore",
+        pool_min: int = 1,
+        pool_max: int = 16,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        self.schema = schema
+        self._conninfo = conninfo
+        self._channel = f"navistore_{schema}"
+        self._listeners: list[Callable[[], None]] = []
+        self._closed = threading.Event()
+        self._instance = hashlib.sha1(f"{id(self)}{time.time()}".encode()).hexdigest()[:16]
+        self._node_id: str | None = None
+        try:
+            self._pool = psycopg_pool.ConnectionPool(
+                conninfo,
+                min_size=pool_min,
+                max_size=max(pool_min, pool_max),
+                timeout=pool_timeout,
+                kwargs={"autocommit": True},
+                open=True,
+                name=f"navistore-{schema}",
+            )
+            self._pool.wait(timeout=pool_timeout)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            with contextlib.suppress(Exception):
+                self._pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from None
+        try:
+            self._create_schema()
+        except Exception:
+            self._pool.close()
+            raise
+        self._listener = threading.Thread(
+            target=self._listen, name="navistore-pg-listen", daemon=True
+        )
+        self._listener.start()
+        self._heartbeat: threading.Thread | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        conninfo, options = parse_url(url)
+        return cls(
+            conninfo,
+            schema=options["schema"],
+            pool_min=int(options.get("pool_min", 1)),
+            pool_max=int(options.get("pool_max", 16)),
+            pool_timeout=float(options.get("pool_timeout", 10)),
+        )
+
+    def _sql(self, text: str) -> str:
+        return text.replace("{s}", self.schema)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        """Create or migrate the schema, one node at a time (an advisory lock per schema)."""
+        lock = int.from_bytes(hashlib.sha1(self.schema.encode()).digest()[:8], "big", signed=True)
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            cur.execute(self._sql("CREATE SCHEMA IF NOT EXISTS {s}"))
+            for statement in _CREATE.split(";"):
+                if statement.strip():
+                    cur.execute(self._sql(statement))
+            cur.execute(
+                self._sql("SELECT value FROM {s}.meta WHERE name = 'postgres.schema_version'")
+            )
+            row = cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the schema {self.schema} is at version {version}, newer than this "
+                    f"navistore-postgres knows ({SCHEMA_VERSION}): upgrade the plugin"
+                )
+            for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                cur.execute(self._sql(_MIGRATIONS[target]))
+            cur.execute(
+                self._sql(
+                    "INSERT INTO {s}.meta (name, value) VALUES ('postgres.schema_version', %s) "
+                    "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+                ),
+                (str(SCHEMA_VERSION),),
+            )
+
+    # -- connections and transactions ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor]:
+        if self._closed.is_set():
+            raise StoreError("the store is closed")
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield cur
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _translate(exc) from exc
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[tuple[psycopg.Cursor, list[int]]]:
+        """A write transaction holding the counter lock; yields (cursor, [last_seq])."""
+        with self._transaction() as cur:
+            cur.execute(self._sql("SELECT last_seq FROM {s}.counter WHERE id = 1 FOR UPDATE"))
+            last = [cur.fetchone()[0]]
+            start = last[0]
+            yield cur, last
+            if last[0] != start:
+                cur.execute(
+                    self._sql("UPDATE {s}.counter SET last_seq = %s WHERE id = 1"), (last[0],)
+                )
+                cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(last[0])))
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if self._closed.is_set():
+            raise StoreError("the store is closed")
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(self._sql(sql), params).fetchall()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _translate(exc) from exc
+
+    def _stored(self, cur: psycopg.Cursor, key: bytes) -> Record | None:
+        cur.execute(self._sql(f"SELECT {_COLUMNS} FROM {{s}}.records WHERE key = %s"), (key,))
+        row = cur.fetchone()
+        return _record(row) if row else None
+
+    def _write(self, cur: psycopg.Cursor, record: Record, seq: int) -> Record:
+        value = b"" if record.deleted else bytes(record.value or b"")
+        cur.execute(
+            self._sql(
+                f"INSERT INTO {{s}}.records ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, "
+                "content_type = EXCLUDED.content_type, stamp = EXCLUDED.stamp, "
+                "deleted = EXCLUDED.deleted, expires_at = EXCLUDED.expires_at, seq = EXCLUDED.seq"
+            ),
+            (
+                record.key.encode("utf-8"),
+                value,
+                record.content_type,
+                record.stamp,
+                record.deleted,
+                record.expires_at,
+                seq,
+            ),
+        )
+        return record.replace(value=value, seq=seq)
+
+    # -- the Store protocol ----------------------------------------------------------------
+
+    def get(self, key: str) -> Record | None:
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM {{s}}.records WHERE key = %s", (key.encode("utf-8"),)
+        )
+        record = _record(rows[0]) if rows else None
+        return record if record is not None and record.live() else None
+
+    def commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
+        return self.commit_many([(record, expect)])[0]
+
+    def commit_many(
+        self, items: Sequence[tuple[Record, Expect | str]]
+    ) -> list[tuple[Record, Record | None]]:
+        if not items:
+            return []
+        now = time.time()
+        results = []
+        with self._writing() as (cur, last):
+            for index, (record, expect) in enumerate(items):
+                stored = self._stored(cur, record.key.encode("utf-8"))
+                live = stored if stored is not None and stored.live(now) else None
+                check_precondition(expect, live, index if len(items) > 1 else None)
+                if stored is not None and record.stamp <= stored.stamp:
+                    raise StaleStamp(
+                        f"stamp {record.stamp} is not newer than {stored.stamp}",
+                        stored=stored.stamp,
+                    )
+                last[0] += 1
+                results.append((self._write(cur, record, last[0]), live))
+        return results
+
+    def merge(self, record: Record) -> Record | None:
+        with self._writing() as (cur, last):
+            cur.execute(
+                self._sql("SELECT stamp FROM {s}.records WHERE key = %s"),
+                (record.key.encode("utf-8"),),
+            )
+            row = cur.fetchone()
+            if row is not None and record.stamp <= row[0]:
+                return None
+            last[0] += 1
+            return self._write(cur, record, last[0])
+
+    def scan(
+        self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
+    ) -> list[Record]:
+        where, params = _bounds(prefix)
+        if after:
+            where += " AND key > %s"
+            params.append(after.encode("utf-8"))
+        rows = self._read(
+            f"SELECT {_COLUMNS if values else _LISTING} FROM {{s}}.records "
+            f"WHERE {_LIVE}{where} ORDER BY key LIMIT %s",
+            [time.time(), *params, limit],
+        )
+        return [_record(row) for row in rows]
+
+    def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
+        where, params = _bounds(prefix)
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM {{s}}.records WHERE seq > %s{where} ORDER BY seq LIMIT %s",
+            [since, *params, limit],
+        )
+        return [_record(row) for row in rows]
+
+    def last_seq(self) -> int:
+        return self._read("SELECT last_seq FROM {s}.counter WHERE id = 1")[0][0]
+
+    def count(self) -> int:
+        """Live keys (optional in the protocol: for the navistore_keys metric)."""
+        return self._read(f"SELECT count(*) FROM {{s}}.records WHERE {_LIVE}", (time.time(),))[0][0]
+
+    def meta_get(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM {s}.meta WHERE name = %s", (name,))
+        return rows[0][0] if rows else None
+
+    def meta_set(self, name: str, value: str) -> None:
+        with self._transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "INSERT INTO {s}.meta (name, value) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+                ),
+                (name, value),
+            )
+
+    def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
+        with self._writing() as (cur, last):
+            cur.execute(
+                self._sql(
+                    "SELECT key FROM {s}.records WHERE NOT deleted AND expires_at IS NOT NULL "
+                    "AND expires_at <= %s ORDER BY seq"
+                ),
+                (now,),
+            )
+            expired = [row[0] for row in cur.fetchall()]
+            for key in expired:
+                last[0] += 1
+                cur.execute(
+                    self._sql(
+                        "UPDATE {s}.records SET deleted = true, value = ''::bytea, "
+                        "expires_at = NULL, seq = %s WHERE key = %s"
+                    ),
+                    (last[0], key),
+                )
+            cur.execute(
+                self._sql("DELETE FROM {s}.records WHERE deleted AND seq <= %s AND stamp < %s"),
+                (tombstones_upto_seq, tombstones_before_stamp),
+            )
+            dropped = cur.rowcount
+        return len(expired) + dropped
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._node_id is not None:
+            with contextlib.suppress(Exception), self._pool.connection() as conn:
+                conn.execute(
+                    self._sql("DELETE FROM {s}.nodes WHERE node_id = %s AND instance = %s"),
+                    (self._node_id, self._instance),
+                )
+        self._pool.close()
+        self._listener.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+
+    # -- shared stores: node ids and notifications ------------------------------------------
+
+    def claim_node_id(self, node_id: str) -> None:
+        """Hold ``node_id`` for this process while it runs: refused while another live node holds
+        it (its heartbeat is younger than the lease). A heartbeat thread keeps the claim fresh."""
+        now = time.time()
+        with self._transaction() as cur:
+            cur.execute(
+                self._sql(
+                    "SELECT instance, host, heartbeat FROM {s}.nodes WHERE node_id = %s FOR UPDATE"
+                ),
+                (node_id,),
+            )
+            row = cur.fetchone()
+            if row and row[0] != self._instance and now - row[2] < NODE_LEASE_SECONDS:
+                raise SettingsError(
+                    f"node id {node_id!r} is in use by a live node on this database (on host "
+                    f"{row[1]}, seen {now - row[2]:.0f} s ago): give every node its own "
+                    "--node-id, or leave it out and let each node generate one"
+                )
+            cur.execute(
+                self._sql(
+                    "INSERT INTO {s}.nodes (node_id, instance, host, started, heartbeat) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (node_id) DO UPDATE SET "
+                    "instance = EXCLUDED.instance, host = EXCLUDED.host, "
+                    "started = EXCLUDED.started, heartbeat = EXCLUDED.heartbeat"
+                ),
+                (node_id, self._instance, socket.gethostname(), now, now),
+            )
+        self._node_id = node_id
+        if self._heartbeat is None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="navistore-pg-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._closed.wait(NODE_LEASE_SECONDS / 3):
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute(
+                        self._sql(
+                            "UPDATE {s}.nodes SET heartbeat = %s "
+                            "WHERE node_id = %s AND instance = %s"
+                        ),
+                        (time.time(), self._node_id, self._instance),
+                    )
+            except Exception as exc:  # the database is away: try again at the next beat
+                log.warning("node heartbeat failed: %s", exc)
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every commit on this database, by any node."""
+        self._listeners.append(callback)
+
+    def _listen(self) -> None:
+        """LISTEN on the store's channel, reconnecting when the connection drops."""
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {self._channel}")
+                    while not self._closed.is_set():
+                        # Back at once on the first notification; at least twice a second to
+                        # see whether the store is closing.
+                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
+                            for callback in list(self._listeners):
+                                callback()
+            except Exception as exc:  # the database went away: listen again soon
+                if not self._closed.is_set():
+                    log.warning("LISTEN on %s failed (%s); retrying", self._channel, exc)
+                    self._closed.wait(1.0)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(schema={self.schema!r})"
