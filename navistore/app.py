@@ -5,12 +5,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import time
 from typing import Any
 
 import falcon
 
 from navistore import errors
+from navistore.accesslog import AccessLog, AccessLogWriter
 from navistore.metrics import Metrics
 from navistore.node import Node
 from navistore.openapi import OpenApiResource, describe
@@ -19,7 +19,7 @@ from navistore.resources.changes import ChangesResource
 from navistore.resources.keys import KeyResource, KeysResource
 from navistore.resources.system import HealthResource, PluginsResource, StatusResource
 
-access_log = logging.getLogger("navistore.access")
+log = logging.getLogger("navistore")
 
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS: tuple[tuple[type[errors.NavistoreError], str], ...] = (
@@ -45,7 +45,7 @@ def _domain_error(req: falcon.Request, resp: falcon.Response, exc: Exception, pa
     if exc.retry_after is not None:
         resp.set_header("Retry-After", str(exc.retry_after))
     if status == falcon.HTTP_500:
-        access_log.error("internal error on %s %s: %s", req.method, req.path, exc)
+        log.error("internal error on %s %s: %s", req.method, req.path, exc)
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = json.dumps(body).encode()
@@ -97,41 +97,6 @@ class TokenAuth:
             )
 
 
-class AccessLog:
-    """One line per request on stderr: client, request line, status, size, duration.
-
-    The fields also ride on the log record (``record.http``), so the JSON log format shows them
-    as fields of their own. No header is logged, so no token is either.
-    """
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.started = time.perf_counter()
-
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
-    ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
-        if resp.content_length is not None:
-            size = resp.content_length
-        else:
-            size = len(resp.render_body() or b"")
-        fields = {
-            "client": req.remote_addr,
-            "method": req.method,
-            "uri": req.env.get("REQUEST_URI") or req.relative_uri,
-            "status": resp.status_code,
-            "bytes": size,
-            "ms": round(elapsed_ms, 2),
-        }
-        access_log.info(
-            '%(client)s "%(method)s %(uri)s" %(status)d %(bytes)d %(ms).1fms',
-            fields,
-            extra={"http": fields},
-        )
-
-
 def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     """Build the Falcon app for ``node``.
 
@@ -144,7 +109,8 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
         node = Node(load_settings(flags=settings))
         node.start()
     metrics = Metrics(node)
-    middleware: list[Any] = [metrics, AccessLog()]
+    access = AccessLog(AccessLogWriter(json_format=node.settings.log_format == "json"))
+    middleware: list[Any] = [metrics, access]
     if node.settings.token or node.settings.peer_token:
         middleware.insert(1, TokenAuth(node.settings.token, node.settings.peer_token))
     app = falcon.App(middleware=middleware)

@@ -1,0 +1,142 @@
+"""Load benchmark: navistore serve (sqlite) against the stack's own ceiling, in the same run.
+
+    python bench/load.py [--seconds 10] [--threads 8]
+
+Starts `navistore serve` on sqlite and bench/stub.py (a stub Falcon app on waitress with the same
+thread count and the same waitress tuning, from navistore.server), loads 1,000 keys of 100 bytes
+into each, and drives both with the same wrk load (2 threads; wrk shares the 2 cores with the
+server): GET, PUT, mixed 90% GET / 10% PUT, and listing pages of 100, at 16 and 64 connections.
+Prints req/s, p50 and p99 for each, and the ratio navistore / stub. Takes about 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _wrk  # noqa: E402
+
+from navistore.client import Client  # noqa: E402
+from navistore.testing.servers import ServerProcess, free_port, wait_until  # noqa: E402
+
+KEYS = 1000
+
+MIXED = f"""
+math.randomseed(os.time())
+local body = string.rep("x", 100)
+request = function()
+  local path = string.format("/v1/keys/k/%06d", math.random(0, {KEYS - 1}))
+  if math.random(1, 10) == 1 then
+    return wrk.format("PUT", path, nil, body)
+  end
+  return wrk.format("GET", path)
+end
+"""
+
+LISTING = """
+request = function()
+  return wrk.format("GET", "/v1/keys?prefix=k/&limit=100")
+end
+"""
+
+WORKLOADS = {
+    "GET": _wrk.get_random_keys("k/", KEYS),
+    "PUT": _wrk.put_random_keys("k/", KEYS),
+    "mixed 90/10": MIXED,
+    "list 100": LISTING,
+}
+
+
+def load_keys(url: str) -> None:
+    with Client(url) as client:
+        for i in range(KEYS):
+            client.put(f"k/{i:06d}", b"x" * 100)
+
+
+def start_stub(threads: int, folder: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    stub = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("stub.py")),
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+        ],
+        cwd=folder,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            Client(url).request("GET", "/v1/keys")
+            return True
+        except Exception:
+            return False
+
+    wait_until(up, timeout=20)
+    return stub, url
+
+
+def measure(seconds: float, threads: int) -> dict[tuple[str, str, int], _wrk.Result]:
+    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    navistore = ServerProcess(["--threads", str(threads), "--store", "sqlite:///bench.db"], folder)
+    stub, stub_url = start_stub(threads, folder)
+    results = {}
+    try:
+        for url in (navistore.url, stub_url):
+            load_keys(url)
+        for workload, lua in WORKLOADS.items():
+            for connections in (16, 64):
+                for name, url in (("navistore", navistore.url), ("stub", stub_url)):
+                    _wrk.run(url, lua, connections, 1)  # warm up
+                    results[(workload, name, connections)] = _wrk.run(
+                        url, lua, connections, seconds
+                    )
+                    time.sleep(0.5)
+    finally:
+        navistore.stop()
+        stub.terminate()
+        stub.wait(timeout=10)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args()
+    _wrk.ensure_wrk()
+    results = measure(args.seconds, args.threads)
+    print(
+        f"wrk -t2, {args.seconds:g} s per cell, {KEYS} keys of 100 bytes, threads={args.threads}, "
+        "same run; ratio = navistore / stub"
+    )
+    print(
+        f"{'workload':<12} {'conns':>5}  {'navistore':>44}  {'stub':>44}  {'req/s':>6} {'p99':>6}"
+    )
+    for workload in WORKLOADS:
+        for connections in (16, 64):
+            ours = results[(workload, "navistore", connections)]
+            base = results[(workload, "stub", connections)]
+            print(
+                f"{workload:<12} {connections:>5}  {ours.row()}  {base.row()}  "
+                f"{ours.requests_per_second / base.requests_per_second:5.2f}x "
+                f"{ours.p99_ms / base.p99_ms:5.1f}x"
+                + (f"  errors {ours.errors}/{base.errors}" if ours.errors or base.errors else "")
+            )
+
+
+if __name__ == "__main__":
+    main()
