@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import collections
 import json
+import logging
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 import falcon
 
 FLUSH_SECONDS = 0.1
+_logger = logging.getLogger("navistore.access")
 _WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
 
 
@@ -108,6 +110,10 @@ class AccessLog:
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
+        # Logged when the "navistore.access" logger is on at INFO, as `navistore serve` sets up
+        # (pytest, say, leaves it at WARNING): the lines go to stderr, not through logging.
+        if not _logger.isEnabledFor(logging.INFO):
+            return
         elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
         if resp.content_length is not None:
             size = resp.content_length

@@ -104,9 +104,11 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     ``NAVISTORE_*`` environment (and ``settings`` given as keyword arguments), and started.
     """
     if node is None:
+        from navistore.server import configure_logging
         from navistore.settings import load_settings
 
         node = Node(load_settings(flags=settings))
+        configure_logging(node.settings.log_format)  # run as a server, by waitress-serve
         node.start()
     metrics = Metrics(node)
     access = AccessLog(AccessLogWriter(json_format=node.settings.log_format == "json"))

@@ -13,15 +13,18 @@ and are never reused, even after the newest record is purged.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import IO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from navistore.errors import SettingsError, StaleStamp, StoreBusy, StoreError, StoreFull
 from navistore.record import Expect, Record
 from navistore.store import check_precondition, prefix_end
+from navistore_sqlite.cache import MISS, ReadCache
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -77,6 +80,25 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return path, options
 
 
+def _lock_exclusively(path: str) -> IO[bytes]:
+    """Hold ``PATH.lock`` for this store's lifetime: one process (and one store) per database.
+
+    The read cache sees every commit only if every commit goes through this store. A separate lock
+    file, because closing any descriptor of the database file itself would drop sqlite's own
+    POSIX locks on it.
+    """
+    handle = open(f"{path}.lock", "ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(
+            f"{path} is open in another navistore process or store: a sqlite store belongs to one "
+            "process at a time (for several nodes on one database, use PostgreSQL)"
+        ) from None
+    return handle
+
+
 def _translate(exc: sqlite3.Error) -> StoreError:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -123,6 +145,8 @@ class SqliteStore:
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._lock_file = _lock_exclusively(path)
+        self._cache = ReadCache()
         conn = self._conn()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -227,11 +251,15 @@ class SqliteStore:
     # -- the Store protocol ----------------------------------------------------------------
 
     def get(self, key: str) -> Record | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM records WHERE key = ?", (key.encode("utf-8"),))
-        if not rows:
-            return None
-        record = _row(rows[0])
-        return record if record.live() else None
+        record = self._cache.lookup(key)
+        if record is MISS:
+            generation = self._cache.generation
+            rows = self._read(
+                f"SELECT {_COLUMNS} FROM records WHERE key = ?", (key.encode("utf-8"),)
+            )
+            record = _row(rows[0]) if rows else None
+            self._cache.fill(key, record, generation)
+        return record if record is not None and record.live() else None
 
     def commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
         return self.commit_many([(record, expect)])[0]
@@ -244,6 +272,7 @@ class SqliteStore:
         now = time.time()
         results = []
         with self._writing() as conn:
+            self._cache.before_commit(record.key for record, _ in items)
             seq = self._next_seqs(conn, len(items))
             for index, (record, expect) in enumerate(items):
                 stored = self._stored(conn, record.key.encode("utf-8"))
@@ -255,6 +284,7 @@ class SqliteStore:
                         stored=stored.stamp,
                     )
                 results.append((self._write(conn, record, seq + index), live))
+        self._cache.after_commit(stored for stored, _ in results)
         return results
 
     def merge(self, record: Record) -> Record | None:
@@ -264,7 +294,10 @@ class SqliteStore:
             ).fetchone()
             if row is not None and record.stamp <= row[0]:
                 return None
-            return self._write(conn, record, self._next_seqs(conn, 1))
+            self._cache.before_commit([record.key])
+            stored = self._write(conn, record, self._next_seqs(conn, 1))
+        self._cache.after_commit([stored])
+        return stored
 
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
@@ -307,6 +340,7 @@ class SqliteStore:
 
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
         with self._writing() as conn:
+            self._cache.clear()
             expired = conn.execute(
                 "SELECT key FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
                 "AND expires_at <= ? ORDER BY seq",
@@ -323,10 +357,15 @@ class SqliteStore:
                 "DELETE FROM records WHERE deleted = 1 AND seq <= ? AND stamp < ?",
                 (tombstones_upto_seq, tombstones_before_stamp),
             ).rowcount
+        self._cache.clear()
         return len(expired) + dropped
 
     def close(self) -> None:
         self._closed = True
+        self._cache.clear()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:

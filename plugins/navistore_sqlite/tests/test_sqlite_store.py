@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -106,3 +107,62 @@ def test_closing_closes_every_thread_connection(store):
     for conn in connections:
         with pytest.raises(sqlite3.ProgrammingError):
             conn.execute("SELECT 1")
+
+
+def test_a_database_belongs_to_one_store_at_a_time(tmp_path):
+    from navistore.errors import StoreError
+
+    path = str(tmp_path / "one.db")
+    first = SqliteStore(path)
+    with pytest.raises(StoreError, match="another navistore process"):
+        SqliteStore(path)
+    first.close()
+    SqliteStore(path).close()  # free again once closed
+
+
+def test_the_read_cache_never_serves_a_value_older_than_the_last_commit(store):
+    """Readers hammer one key while a writer counts up: a reader never sees the count go back,
+    and the writer reads each count back as soon as its commit returns."""
+    from navistore.record import Clock
+
+    clock = Clock("w")
+    store.commit(Record("n", b"0", stamp=clock.now()), ANY)
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def read() -> None:
+        last = 0
+        while not stop.is_set():
+            seen = int(store.get("n").value)
+            if seen < last:
+                problems.append(f"went back from {last} to {seen}")
+            last = seen
+            time.sleep(0)  # as a server thread would, between requests: let the writer in
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for i in range(1, 200):
+        store.commit(Record("n", str(i).encode(), stamp=clock.now()), ANY)
+        got = int(store.get("n").value)
+        if got != i:
+            problems.append(f"wrote {i}, read back {got}")
+    stop.set()
+    for t in readers:
+        t.join()
+    assert problems == []
+
+
+def test_the_read_cache_follows_deletes_merges_and_purges(store):
+    from navistore.record import make_stamp
+
+    store.commit(Record("k", b"1", stamp=stamp(1)), ANY)
+    assert store.get("k").value == b"1"  # now cached
+    store.merge(Record("k", b"2", stamp=stamp(2, "peer")))
+    assert store.get("k").value == b"2"
+    store.commit(Record("k", deleted=True, stamp=stamp(3)), ANY)
+    assert store.get("k") is None
+    store.commit(Record("e", b"x", stamp=stamp(4), expires_at=10.0**10), ANY)
+    assert store.get("e") is not None
+    store.purge(10.0**10 + 1, 0, make_stamp(0, 0, "x"))
+    assert store.get("e") is None

@@ -1,0 +1,76 @@
+"""A read cache for SqliteStore.get that never serves a value older than the last commit.
+
+A commit empties the entries of its keys and bumps the generation *before* it commits, and puts
+the committed records in and bumps the generation again *after*. A read that missed fills the
+cache only if the generation did not move while it read: a read that raced a commit goes to
+sqlite, as if there were no cache. The store's file is locked to one process (see SqliteStore),
+so every commit to it goes through here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from navistore.record import Record
+
+_MISS = object()
+_OVERHEAD = 400  # bytes a cached entry costs beyond its key and value, roughly
+
+
+class ReadCache:
+    def __init__(self, budget_bytes: int = 32 * 1024 * 1024) -> None:
+        self.budget = budget_bytes
+        self.generation = 0
+        self._entries: dict[str, Record | None] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def lookup(self, key: str) -> object:
+        """The cached record (None: known absent), or ``MISS``."""
+        return self._entries.get(key, _MISS)
+
+    def fill(self, key: str, record: Record | None, generation: int) -> None:
+        """Cache what a read found, unless a commit moved the generation since it began."""
+        with self._lock:
+            if generation == self.generation:
+                self._put(key, record)
+
+    def before_commit(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            self.generation += 1
+            for key in keys:
+                self._drop(key)
+
+    def after_commit(self, records: Iterable[Record]) -> None:
+        with self._lock:
+            self.generation += 1
+            for record in records:
+                self._put(record.key, record)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self._bytes = 0
+
+    def _cost(self, key: str, record: Record | None) -> int:
+        return len(key) + _OVERHEAD + (record.size if record is not None else 0)
+
+    def _drop(self, key: str) -> None:
+        old = self._entries.pop(key, _MISS)
+        if old is not _MISS:
+            self._bytes -= self._cost(key, old)
+
+    def _put(self, key: str, record: Record | None) -> None:
+        self._drop(key)
+        cost = self._cost(key, record)
+        if cost > self.budget:
+            return
+        self._entries[key] = record
+        self._bytes += cost
+        while self._bytes > self.budget:  # oldest first
+            self._drop(next(iter(self._entries)))
+
+
+MISS = _MISS
