@@ -1,16 +1,19 @@
 """A read cache for SqliteStore.get that never serves a value older than the last commit.
 
-A commit empties the entries of its keys and bumps the generation *before* it commits, and puts
-the committed records in and bumps the generation again *after*. A read that missed fills the
-cache only if the generation did not move while it read: a read that raced a commit goes to
-sqlite, as if there were no cache. The store's file is locked to one process (see SqliteStore),
-so every commit to it goes through here.
+A commit runs inside ``committing(keys)``: it empties the entries of its keys and bumps the
+generation before it commits; after, it puts the committed records in and bumps the generation
+again. A read that missed fills the cache only if the generation did not move while it read and
+no commit is in flight: a read that raced a commit goes to sqlite, as if there were no cache.
+(Without the in-flight rule, a read that saw the old row just before a COMMIT could fill the cache
+between the COMMIT and the update, while another reader had already seen the new row.)
+The store's file is locked to one process (see SqliteStore), so every commit goes through here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from navistore.record import Record
 
@@ -24,6 +27,7 @@ class ReadCache:
         self.generation = 0
         self._entries: dict[str, Record | None] = {}
         self._bytes = 0
+        self._in_flight = 0
         self._lock = threading.Lock()
 
     def lookup(self, key: str) -> object:
@@ -31,22 +35,31 @@ class ReadCache:
         return self._entries.get(key, _MISS)
 
     def fill(self, key: str, record: Record | None, generation: int) -> None:
-        """Cache what a read found, unless a commit moved the generation since it began."""
+        """Cache what a read found, unless a commit began, ended or is running since it began."""
         with self._lock:
-            if generation == self.generation:
+            if generation == self.generation and not self._in_flight:
                 self._put(key, record)
 
-    def before_commit(self, keys: Iterable[str]) -> None:
+    @contextlib.contextmanager
+    def committing(self, keys: Iterable[str]) -> Iterator[list[Record]]:
+        """Wrap a commit of ``keys``; append the committed records to the list it yields."""
         with self._lock:
             self.generation += 1
+            self._in_flight += 1
             for key in keys:
                 self._drop(key)
-
-    def after_commit(self, records: Iterable[Record]) -> None:
-        with self._lock:
-            self.generation += 1
-            for record in records:
-                self._put(record.key, record)
+        committed: list[Record] = []
+        try:
+            yield committed
+        except BaseException:
+            committed = []  # nothing was committed: cache nothing
+            raise
+        finally:
+            with self._lock:
+                self.generation += 1
+                self._in_flight -= 1
+                for record in committed:
+                    self._put(record.key, record)
 
     def clear(self) -> None:
         with self._lock:

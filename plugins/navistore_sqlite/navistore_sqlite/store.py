@@ -271,8 +271,8 @@ class SqliteStore:
             return []
         now = time.time()
         results = []
-        with self._writing() as conn:
-            self._cache.before_commit(record.key for record, _ in items)
+        keys = [record.key for record, _ in items]
+        with self._cache.committing(keys) as committed, self._writing() as conn:
             seq = self._next_seqs(conn, len(items))
             for index, (record, expect) in enumerate(items):
                 stored = self._stored(conn, record.key.encode("utf-8"))
@@ -284,19 +284,18 @@ class SqliteStore:
                         stored=stored.stamp,
                     )
                 results.append((self._write(conn, record, seq + index), live))
-        self._cache.after_commit(stored for stored, _ in results)
+            committed.extend(stored for stored, _ in results)
         return results
 
     def merge(self, record: Record) -> Record | None:
-        with self._writing() as conn:
+        with self._cache.committing([record.key]) as committed, self._writing() as conn:
             row = conn.execute(
                 "SELECT stamp FROM records WHERE key = ?", (record.key.encode("utf-8"),)
             ).fetchone()
             if row is not None and record.stamp <= row[0]:
                 return None
-            self._cache.before_commit([record.key])
             stored = self._write(conn, record, self._next_seqs(conn, 1))
-        self._cache.after_commit([stored])
+            committed.append(stored)
         return stored
 
     def scan(

@@ -142,7 +142,7 @@ def test_the_read_cache_never_serves_a_value_older_than_the_last_commit(store):
     readers = [threading.Thread(target=read) for _ in range(4)]
     for t in readers:
         t.start()
-    for i in range(1, 200):
+    for i in range(1, 1500):
         store.commit(Record("n", str(i).encode(), stamp=clock.now()), ANY)
         got = int(store.get("n").value)
         if got != i:
