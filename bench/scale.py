@@ -1,0 +1,108 @@
+"""Scale run: 1,000,000 keys in one `navistore serve` (sqlite), then what it costs.
+
+    python bench/scale.py [--keys 1000000] [--seconds 10]
+
+Measures GET throughput on 1,000 keys first (the baseline, same server, same run), loads the keys
+through POST /v1/batch (128 per request, 8 client threads), then prints the server's RSS, GET
+throughput on random keys among all of them, listing-page (100 keys) throughput, and the size of
+the database files. Needs wrk. Takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _wrk  # noqa: E402
+
+from navistore.client import Client  # noqa: E402
+from navistore.testing.servers import ServerProcess  # noqa: E402
+
+LISTING = """
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", string.format("/v1/keys?after=k/%07d&limit=100", math.random(0, {n})))
+end
+"""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load(url: str, count: int, threads: int = 8) -> float:
+    def work(n: int) -> None:
+        with Client(url, timeout=120) as client:
+            for start in range(n * 128, count, 128 * threads):
+                client.batch(
+                    [
+                        {"op": "put", "key": f"k/{i:07d}", "value": b"x" * 100}
+                        for i in range(start, min(start + 128, count))
+                    ]
+                )
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    _wrk.ensure_wrk()
+    folder = Path(tempfile.mkdtemp(prefix="navistore-scale-"))
+    server = ServerProcess(["--store", "sqlite:///scale.db"], folder)
+    try:
+        load(server.url, 1000)
+        small = _wrk.run(
+            server.url, _wrk.get_random_keys("k/", 1000).replace("%06d", "%07d"), 16, args.seconds
+        )
+        rate = load(server.url, args.keys)
+        time.sleep(2)
+        rss = rss_mb(server.proc.pid)
+        big = _wrk.run(
+            server.url,
+            _wrk.get_random_keys("k/", args.keys).replace("%06d", "%07d"),
+            16,
+            args.seconds,
+        )
+        listing = _wrk.run(
+            server.url, LISTING.replace("{n}", str(args.keys - 200)), 16, args.seconds
+        )
+        rss_after = rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+    size = sum(os.path.getsize(p) for p in folder.glob("scale.db*")) / 2**20
+    print(f"{args.keys:,} keys of 100 bytes, loaded at {rate:,.0f} keys/s through /v1/batch")
+    print(f"  server RSS after loading {rss:.0f} MB, after the reads {rss_after:.0f} MB")
+    print(f"  database files {size:.0f} MB")
+    print(f"  GET, 1,000 keys (baseline)  {small.row()}")
+    ratio = big.requests_per_second / small.requests_per_second
+    print(f"  GET, all keys               {big.row()}  {ratio:.2f}x")
+    print(
+        f"  listing pages of 100        {listing.row()}  "
+        f"{listing.requests_per_second / big.requests_per_second:.2f}x of GET"
+    )
+
+
+if __name__ == "__main__":
+    main()

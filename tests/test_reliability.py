@@ -1,0 +1,454 @@
+"""Promises that tests try to break: bad input changes nothing, crashes lose nothing acknowledged,
+contention loses no update, a long mixed load leaks nothing, replication survives a flapping peer.
+
+Every server here is a real `navistore serve` on 127.0.0.1; every load is bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from navistore import errors
+from navistore.client import Client
+from navistore.testing.servers import free_port, wait_until
+
+SOAK_SECONDS = float(os.environ.get("NAVISTORE_SOAK_SECONDS", "60"))
+JSON = {"Content-Type": "application/json"}
+
+# (method, raw path, body, headers, status): each must answer that status with a JSON
+# description, and change nothing.
+BAD_INPUTS = [
+    # keys: control characters, invalid UTF-8, overlong, percent tricks
+    ("PUT", "/v1/keys/a%00b", b"v", {}, 400),
+    ("PUT", "/v1/keys/a%0Db", b"v", {}, 400),
+    ("PUT", "/v1/keys/a%1Fb", b"v", {}, 400),
+    ("PUT", "/v1/keys/a%7F", b"v", {}, 400),
+    ("PUT", "/v1/keys/%FF", b"v", {}, 400),
+    ("PUT", "/v1/keys/%C0%AF", b"v", {}, 400),  # overlong UTF-8 for '/'
+    ("PUT", "/v1/keys/%ED%A0%80", b"v", {}, 400),  # a UTF-16 surrogate in UTF-8
+    ("PUT", "/v1/keys/%F4%90%80%80", b"v", {}, 400),  # past U+10FFFF
+    ("PUT", "/v1/keys/%E6%97", b"v", {}, 400),  # truncated sequence
+    ("PUT", "/v1/keys/%zz", b"v", {}, 400),
+    ("PUT", "/v1/keys/%", b"v", {}, 400),
+    ("PUT", "/v1/keys/a%2", b"v", {}, 400),
+    ("PUT", "/v1/keys/", b"v", {}, 400),
+    ("PUT", "/v1/keys/" + "k" * 1025, b"v", {}, 400),
+    ("PUT", "/v1/keys/" + "%C3%A9" * 513, b"v", {}, 400),  # 513 characters, 1026 bytes
+    ("GET", "/v1/keys/%FF", None, {}, 400),
+    ("DELETE", "/v1/keys/%00", None, {}, 400),
+    ("HEAD", "/v1/keys/%FF", None, {}, 400),
+    # values
+    ("PUT", "/v1/keys/big", b"x" * (1024 * 1024 + 1), {}, 413),
+    ("PUT", "/v1/keys/big", b"x" * (3 * 1024 * 1024), {}, 413),
+    ("PUT", "/v1/keys/ct", b"v", {"Content-Type": "x" * 300}, 400),
+    # ttl
+    ("PUT", "/v1/keys/t?ttl=0", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=-5", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=31536001", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=1.5", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=1e3", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=%FF", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=99999999999999999999", b"v", {}, 400),
+    # preconditions
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": "not-quoted"}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": '"open'}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": '"a" "b"'}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": ""}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-None-Match": '"x"'}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": "*", "If-None-Match": "*"}, 400),
+    ("PUT", "/v1/keys/p", b"v", {"If-Match": '"0000000000000000-nobody"'}, 412),
+    ("DELETE", "/v1/keys/p", None, {"If-Match": "garbage"}, 400),
+    ("DELETE", "/v1/keys/p", None, {"If-None-Match": "*"}, 400),
+    ("GET", "/v1/keys/p", None, {"If-None-Match": "garbage"}, 400),
+    # listings and the feed
+    ("GET", "/v1/keys?limit=0", None, {}, 400),
+    ("GET", "/v1/keys?limit=1001", None, {}, 400),
+    ("GET", "/v1/keys?limit=ten", None, {}, 400),
+    ("GET", "/v1/keys?prefix=%FF", None, {}, 400),
+    ("GET", "/v1/keys?after=%00", None, {}, 200),  # any text may be an `after`
+    ("GET", "/v1/keys?prefix=a%zz", None, {}, 400),
+    ("DELETE", "/v1/keys", None, {}, 400),
+    ("DELETE", "/v1/keys?prefix=%00", None, {}, 400),
+    ("GET", "/v1/changes?since=-1", None, {}, 400),
+    ("GET", "/v1/changes?since=x", None, {}, 400),
+    ("GET", "/v1/changes?wait=601", None, {}, 400),
+    ("GET", "/v1/changes?limit=0", None, {}, 400),
+    ("GET", "/v1/changes?key=a&prefix=b", None, {}, 400),
+    ("GET", "/v1/changes?key=%00", None, {}, 400),
+    # batches
+    ("POST", "/v1/batch", b'{"ops": [', JSON, 400),
+    ("POST", "/v1/batch", b"[]", JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": []}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k"}]}', {}, 415),
+    (
+        "POST",
+        "/v1/batch",
+        b'{"ops": [{"op": "put", "key": "k"}]}',
+        {"Content-Type": "text/plain"},
+        415,
+    ),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "zap", "key": "k"}]}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "\\u0000"}]}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "\\ud800"}]}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "value": "!!"}]}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "ttl": true}]}', JSON, 400),
+    ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "if_match": 5}]}', JSON, 400),
+    (
+        "POST",
+        "/v1/batch",
+        json.dumps({"ops": [{"op": "put", "key": f"{i}"} for i in range(129)]}).encode(),
+        JSON,
+        400,
+    ),
+    ("POST", "/v1/batch", b"\xff\xfe", JSON, 400),
+    ("POST", "/v1/batch", b"[" * 100000 + b"]" * 100000, JSON, 400),
+    # replication endpoints, methods and routes
+    ("POST", "/v1/replication/records", b"{}", JSON, 400),
+    ("PUT", "/v1/replication/peers", b'{"peers": ["gopher://x"]}', JSON, 400),
+    ("PUT", "/v1/replication/peers", b'{"peers": "http://x"}', JSON, 400),
+    ("POST", "/v1/keys/k", b"v", {}, 405),
+    ("PATCH", "/v1/keys/k", b"v", {}, 405),
+    ("GET", "/v2/keys/k", None, {}, 404),
+    ("GET", "/v1/nothing", None, {}, 404),
+]
+
+
+def ids(case):
+    method, path, _, headers, status = case
+    return f"{method} {path[:40]} {sorted(headers)} -> {status}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from navistore.testing.servers import ServerProcess
+
+    server = ServerProcess([], tmp_path_factory.mktemp("bad"))
+    server.request("PUT", "/v1/keys/p", b"original")
+    yield server
+    server.stop()
+
+
+def state(server) -> tuple:
+    status = server.request("GET", "/v1/status").json()
+    listing = server.request("GET", "/v1/keys?limit=1000").json()
+    return status["last_seq"], [(k["key"], k["etag"]) for k in listing["keys"]]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[ids(c) for c in BAD_INPUTS])
+def test_bad_input_gets_the_right_4xx_with_a_json_description_and_changes_nothing(server, case):
+    method, path, body, headers, status = case
+    before = state(server)
+    answer = server.request(method, path, body, headers)
+    assert answer.status == status, answer
+    if method != "HEAD":
+        assert answer.headers["content-type"].startswith("application/json")
+        if status >= 400:
+            assert answer.json()["description"]
+    assert state(server) == before
+    assert server.request("GET", "/v1/keys/p").body == b"original"
+
+
+def test_control_characters_in_headers_are_refused_by_waitress_and_change_nothing(server):
+    # HTTP forbids them; waitress answers 400 itself (in plain text) before the app runs.
+    before = state(server)
+    answer = server.request("PUT", "/v1/keys/ct", b"v", {"Content-Type": "text/plain\x01"})
+    assert answer.status == 400
+    assert state(server) == before
+
+
+def test_the_bad_input_table_is_wide(server):
+    print(f"{len(BAD_INPUTS)} bad inputs tried")
+    assert len(BAD_INPUTS) >= 70
+
+
+def test_waitress_refuses_only_bodies_past_the_largest_legal_request(server):
+    # Over the value limit but under waitress's cap: our JSON 413.
+    assert server.request("PUT", "/v1/keys/x", b"x" * (2 * 1024 * 1024)).status == 413
+    # At waitress's cap (8 MiB + 64 KiB): waitress answers, from the Content-Length, unread.
+    sock = socket.create_connection((server.host, server.port))
+    sock.sendall(b"PUT /v1/keys/x HTTP/1.1\r\nHost: x\r\nContent-Length: 8454144\r\n\r\n")
+    answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_oversized_headers_are_refused(server):
+    answer = server.request("GET", "/v1/keys/p", headers={"X-Big": "x" * (70 * 1024)})
+    assert answer.status == 431
+    assert server.request("GET", "/v1/keys/p").status == 200
+
+
+def test_tokens_never_reach_the_log_and_open_binding_warns(serve):
+    server = serve("--token", "super-secret-token", "--host", "0.0.0.0")
+    server.host = "127.0.0.1"
+    auth = {"Authorization": "Bearer super-secret-token"}
+    assert server.request("PUT", "/v1/keys/k", b"v", auth).status == 201
+    assert (
+        server.request("GET", "/v1/keys/k", headers={"Authorization": "Bearer wrong"}).status == 401
+    )
+    assert server.request("GET", "/healthz").status == 200
+    time.sleep(0.3)
+    server.stop()
+    log = "".join(server.log)
+    assert "super-secret-token" not in log and '"PUT /v1/keys/k" 201' in log
+    serve_open = serve("--host", "0.0.0.0")
+    serve_open.stop()
+    assert "without a token" in "".join(serve_open.log)
+
+
+def _writers(url: str, prefix: str, stop: threading.Event, count: int, acked: dict, lock) -> list:
+    def write(n: int) -> None:
+        conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=10)
+        i = 0
+        while not stop.is_set():
+            key, value = f"{prefix}{n}/{i}", f"{n}-{i}".encode()
+            try:
+                conn.request("PUT", f"/v1/keys/{key}", body=value)
+                answer = conn.getresponse()
+                answer.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(
+                    *url.removeprefix("http://").split(":"), timeout=10
+                )
+                time.sleep(0.05)
+                continue  # not acknowledged: the next attempt writes a new key
+            if answer.status == 201:
+                with lock:
+                    acked[key] = value
+            i += 1
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_a_receiving_peer_killed_mid_batch_repeatedly_loses_nothing(serve, tmp_path):
+    """Writes go to a; b, its peer, is killed with SIGKILL five times while batches arrive.
+    Afterwards b has every write a acknowledged, and its database passes an integrity check."""
+    port_a, port_b = free_port(), free_port()
+    fast = {"NAVISTORE_PEER_PUSH_BACKOFF_MAX": "0.3", "NAVISTORE_PEER_PUSH_BATCH_RECORDS": "50"}
+    a = serve(
+        "--port",
+        str(port_a),
+        "--node-id",
+        "a",
+        "--store",
+        "sqlite:///a.db",
+        "--peer",
+        f"http://127.0.0.1:{port_b}",
+        env=fast,
+    )
+    b = serve("--port", str(port_b), "--node-id", "b", "--store", "sqlite:///b.db", env=fast)
+    acked: dict[str, bytes] = {}
+    lock, stop = threading.Lock(), threading.Event()
+    threads = _writers(a.url, "load/", stop, 4, acked, lock)
+    for _ in range(5):
+        time.sleep(0.6)
+        b.kill()
+        time.sleep(0.3)
+        b.start()
+    stop.set()
+    for t in threads:
+        t.join()
+    last = a.request("GET", "/v1/status").json()["last_seq"]
+    wait_until(
+        lambda: a.request("GET", "/v1/replication/status").json()["peers"][0]["cursor"] >= last,
+        timeout=30,
+    )
+    print(f"{len(acked)} acknowledged writes checked on the peer after 5 kills")
+    assert len(acked) > 200
+    with Client(b.url) as client:
+        on_b = {e.key for e in client.list("load/")}
+        assert set(acked) <= on_b
+        for key in list(acked)[:: max(1, len(acked) // 50)]:
+            assert client.get(key).value == acked[key]
+    b.stop()
+    with sqlite3.connect(tmp_path / "b.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_if_match_increments_through_one_node_lose_no_update(serve):
+    server = serve()
+    Client(server.url).put("counter", b"0")
+    clients, each = 8, 25
+
+    def increment() -> None:
+        with Client(server.url) as client:
+            done = 0
+            while done < each:
+                current = client.get("counter")
+                try:
+                    client.put(
+                        "counter", str(int(current.value) + 1).encode(), if_match=current.etag
+                    )
+                    done += 1
+                except errors.PreconditionFailed:
+                    pass
+
+    threads = [threading.Thread(target=increment) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert Client(server.url).get("counter").value == str(clients * each).encode()
+
+
+def test_with_replication_each_node_counts_its_own_counter_exactly(serve, tmp_path):
+    ports = [free_port() for _ in range(3)]
+    nodes = []
+    for i, port in enumerate(ports):
+        peers = [a for p in ports if p != port for a in ("--peer", f"http://127.0.0.1:{p}")]
+        nodes.append(
+            serve(
+                "--port",
+                str(port),
+                "--node-id",
+                f"n{i}",
+                "--store",
+                f"sqlite:///n{i}.db",
+                *peers,
+                env={"NAVISTORE_PEER_PUSH_BACKOFF_MAX": "0.3"},
+            )
+        )
+    each, per_node = 30, 3
+
+    def increment(node, counter: str) -> None:
+        with Client(node.url) as client:
+            done = 0
+            while done < each:
+                try:
+                    current = client.get(counter)
+                except errors.KeyNotFound:
+                    try:
+                        client.put(counter, b"1", if_none_match="*")
+                        done += 1
+                    except errors.PreconditionFailed:
+                        pass
+                    continue
+                try:
+                    client.put(counter, str(int(current.value) + 1).encode(), if_match=current.etag)
+                    done += 1
+                except errors.PreconditionFailed:
+                    pass
+
+    threads = [
+        threading.Thread(target=increment, args=(node, f"count/{i}"))
+        for i, node in enumerate(nodes)
+        for _ in range(per_node)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    def everywhere() -> bool:
+        return all(
+            Client(node.url).get(f"count/{i}").value == str(each * per_node).encode()
+            for node in nodes
+            for i in range(3)
+        )
+
+    wait_until(everywhere, timeout=20)
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_soak_a_mixed_load_has_no_errors_and_leaks_nothing(serve):
+    """Writes, reads, listings and watches for SOAK_SECONDS; memory and descriptors stay flat."""
+    server = serve("--max-watchers", "16")
+    pid = server.proc.pid
+    stop = threading.Event()
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def tally(ok: bool) -> None:
+        with lock:
+            counts["requests"] += 1
+            counts["errors"] += not ok
+
+    def writer(n: int) -> None:
+        with Client(server.url) as client:
+            i = 0
+            while not stop.is_set():
+                try:
+                    client.put(
+                        f"soak/{n}/{i % 500}", os.urandom(64), ttl=30 if i % 7 == 0 else None
+                    )
+                    if i % 11 == 0:
+                        client.delete(f"soak/{n}/{(i * 7) % 500}")
+                    tally(True)
+                except errors.KeyNotFound:
+                    tally(True)
+                except errors.NavistoreError:
+                    tally(False)
+                i += 1
+
+    def reader() -> None:
+        with Client(server.url) as client:
+            i = 0
+            while not stop.is_set():
+                try:
+                    if i % 10 == 0:
+                        sum(1 for _ in client.list("soak/", page_size=200))
+                    else:
+                        client.get(f"soak/{i % 3}/{i % 500}")
+                    tally(True)
+                except errors.KeyNotFound:
+                    tally(True)
+                except errors.NavistoreError:
+                    tally(False)
+                i += 1
+
+    def watcher() -> None:
+        with Client(server.url) as client:
+            since = client.status()["last_seq"]
+            while not stop.is_set():
+                try:
+                    changes, last = client.changes(since, prefix="soak/1/", limit=1000, wait=2)
+                    since = changes[-1].seq if changes else last
+                    tally(True)
+                except errors.NavistoreError:
+                    tally(False)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=reader) for _ in range(3)]
+    threads += [threading.Thread(target=watcher) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(min(10.0, SOAK_SECONDS / 4))  # warm: caches, connections, threads
+    rss_start, fds_start = _rss_mb(pid), _fds(pid)
+    time.sleep(SOAK_SECONDS)
+    rss_end, fds_end = _rss_mb(pid), _fds(pid)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    print(
+        f"soak: {counts['requests']} requests in {SOAK_SECONDS:g} s (+ warm-up), "
+        f"{counts['errors']} errors; RSS {rss_start:.1f} -> {rss_end:.1f} MB; "
+        f"open fds {fds_start} -> {fds_end}"
+    )
+    assert counts["errors"] == 0 and counts["requests"] > 1000
+    assert rss_end - rss_start < 25, (rss_start, rss_end)
+    assert fds_end - fds_start <= 4, (fds_start, fds_end)
+    assert server.stop() == 0
