@@ -645,6 +645,12 @@ def _batch_expect(op: dict, default: Expect) -> Expect | str:
     return if_match[1:-1]
 
 
+def largest_request(settings: Settings) -> int:
+    """The largest legal request body: a batch (8 MiB), or a replication batch carrying one value
+    at the limit in base64. waitress's own cap sits just above it, so the app answers the rest."""
+    return max(MAX_BATCH_BYTES, settings.max_value_size * 4 // 3 + 64 * 1024)
+
+
 def check_ttl(ttl: int) -> None:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
         raise InvalidRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")

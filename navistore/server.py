@@ -18,7 +18,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 
 from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
-from navistore.node import MAX_BATCH_BYTES, Node
+from navistore.node import Node, largest_request
 from navistore.settings import Settings
 
 log = logging.getLogger("navistore")
@@ -61,11 +61,6 @@ def configure_logging(log_format: str) -> logging.handlers.QueueListener:
     listener = logging.handlers.QueueListener(records, handler)
     listener.start()
     return listener
-
-
-def largest_request(settings: Settings) -> int:
-    """The largest legal request body: a value at the limit, or a batch."""
-    return max(settings.max_value_size, MAX_BATCH_BYTES)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

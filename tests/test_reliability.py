@@ -269,8 +269,11 @@ def test_a_receiving_peer_killed_mid_batch_repeatedly_loses_nothing(serve, tmp_p
     )
     print(f"{len(acked)} acknowledged writes checked on the peer after 5 kills")
     assert len(acked) > 200
-    with Client(b.url) as client:
-        on_b = {e.key for e in client.list("load/")}
+    with Client(a.url) as on_a, Client(b.url) as client:
+        listing_a = {e.key: e.etag for e in on_a.list("load/")}
+        listing_b = {e.key: e.etag for e in client.list("load/")}
+        assert listing_a == listing_b  # every node holds the same data
+        on_b = set(listing_b)
         assert set(acked) <= on_b
         for key in list(acked)[:: max(1, len(acked) // 50)]:
             assert client.get(key).value == acked[key]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import falcon
 
 from navistore.errors import InvalidRequest
+from navistore.node import largest_request
 from navistore.openapi import errors
 from navistore.record import stamp_seconds
 from navistore.resources import read_json
@@ -18,11 +19,6 @@ if TYPE_CHECKING:
     from navistore import Node
 
 MAX_RECORDS = 10_000
-
-
-def body_limit(node: Node) -> int:
-    """The largest batch a peer may send: one value at the limit, in base64, with room to spare."""
-    return max(8 * 1024 * 1024, node.settings.max_value_size * 4 // 3 + 64 * 1024)
 
 
 class HelloResource:
@@ -83,7 +79,7 @@ class RecordsResource:
         self.max_skew = max_skew
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json(req, body_limit(self.node))
+        body = read_json(req, largest_request(self.node.settings))
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise InvalidRequest('the body must be {"source", "target_store_id", "records": [...]}')
         source = body.get("source") or {}
