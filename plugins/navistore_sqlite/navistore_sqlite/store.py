@@ -22,7 +22,14 @@ from collections.abc import Iterator, Sequence
 from typing import IO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from navistore.errors import SettingsError, StaleStamp, StoreBusy, StoreError, StoreFull
+from navistore.errors import (
+    PreconditionFailed,
+    SettingsError,
+    StaleStamp,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+)
 from navistore.record import Expect, Record
 from navistore.store import check_precondition, prefix_end
 from navistore_sqlite.cache import MISS, ReadCache
@@ -78,6 +85,21 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     if not options.get("busy_timeout", "5000").isdigit():
         raise SettingsError("store: busy_timeout must be a whole number of milliseconds")
     return path, options
+
+
+_GROUP_MAX = 64  # writers committed in one transaction at most
+
+
+class _Waiter:
+    """A writer in the group-commit queue."""
+
+    __slots__ = ("items", "done", "result", "error")
+
+    def __init__(self, items: Sequence[tuple[Record, Expect | str]]) -> None:
+        self.items = items
+        self.done = False
+        self.result: list[tuple[Record, Record | None]] | None = None
+        self.error: BaseException | None = None
 
 
 def _lock_exclusively(path: str) -> IO[bytes]:
@@ -144,6 +166,8 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._group = threading.Condition()
+        self._queue: list[_Waiter] = []
         self._closed = False
         self._lock_file = _lock_exclusively(path)
         self._cache = ReadCache()
@@ -267,24 +291,76 @@ class SqliteStore:
     def commit_many(
         self, items: Sequence[tuple[Record, Expect | str]]
     ) -> list[tuple[Record, Record | None]]:
+        """Commit through a group commit: writers that arrive while a transaction runs queue up,
+        and the first of them commits them all in the next transaction, each in a savepoint of its
+        own (a failed precondition rolls back that writer only). Every writer returns only after
+        the COMMIT that holds its write, so an acknowledged write means what it always meant."""
         if not items:
             return []
+        waiter = _Waiter(items)
+        with self._group:
+            self._queue.append(waiter)
+            while not waiter.done and self._queue[0] is not waiter:
+                self._group.wait()
+            if not waiter.done:  # first in line: lead the next group
+                group = self._queue[:_GROUP_MAX]
+        if not waiter.done:
+            try:
+                self._commit_group(group)
+            except BaseException as exc:
+                # The transaction failed (or, alone, its one writer's check did): nothing of it
+                # committed, so every writer in it gets the error.
+                for other in group:
+                    if other.error is not exc:
+                        other.result, other.error = None, exc
+            finally:
+                with self._group:
+                    del self._queue[: len(group)]
+                    for other in group:
+                        other.done = True
+                    self._group.notify_all()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    def _commit_group(self, group: list[_Waiter]) -> None:
         now = time.time()
-        results = []
-        keys = [record.key for record, _ in items]
+        keys = [record.key for waiter in group for record, _ in waiter.items]
+        alone = len(group) == 1
         with self._cache.committing(keys) as committed, self._writing() as conn:
-            seq = self._next_seqs(conn, len(items))
-            for index, (record, expect) in enumerate(items):
-                stored = self._stored(conn, record.key.encode("utf-8"))
-                live = stored if stored is not None and stored.live(now) else None
-                check_precondition(expect, live, index if len(items) > 1 else None)
-                if stored is not None and record.stamp <= stored.stamp:
-                    raise StaleStamp(
-                        f"stamp {record.stamp} is not newer than {stored.stamp}",
-                        stored=stored.stamp,
-                    )
-                results.append((self._write(conn, record, seq + index), live))
-            committed.extend(stored for stored, _ in results)
+            for waiter in group:
+                if not alone:
+                    conn.execute("SAVEPOINT writer")
+                try:
+                    waiter.result = self._apply(conn, waiter.items, now)
+                except (PreconditionFailed, StaleStamp) as exc:
+                    if alone:
+                        waiter.error = exc
+                        raise
+                    conn.execute("ROLLBACK TO writer")
+                    conn.execute("RELEASE writer")
+                    waiter.error = exc
+                    continue
+                if not alone:
+                    conn.execute("RELEASE writer")
+                committed.extend(stored for stored, _ in waiter.result)
+
+    def _apply(
+        self, conn: sqlite3.Connection, items: Sequence[tuple[Record, Expect | str]], now: float
+    ) -> list[tuple[Record, Record | None]]:
+        """One writer's records, checked and written in the open transaction."""
+        results = []
+        seq = self._next_seqs(conn, len(items))
+        for index, (record, expect) in enumerate(items):
+            stored = self._stored(conn, record.key.encode("utf-8"))
+            live = stored if stored is not None and stored.live(now) else None
+            check_precondition(expect, live, index if len(items) > 1 else None)
+            if stored is not None and record.stamp <= stored.stamp:
+                raise StaleStamp(
+                    f"stamp {record.stamp} is not newer than {stored.stamp}",
+                    stored=stored.stamp,
+                )
+            results.append((self._write(conn, record, seq + index), live))
         return results
 
     def merge(self, record: Record) -> Record | None:
