@@ -13,7 +13,7 @@ from navistore.node import Node
 from navistore.record import ABSENT, ANY, PRESENT, Clock, Expect, Record
 from navistore.replication import Replication, Replicator
 from navistore.settings import Settings, load_settings
-from navistore.store import Backend, Store, check_precondition, prefix_end
+from navistore.store import Backend, Store, check_precondition, check_write, prefix_end
 
 __all__ = [
     "ABSENT",
@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "__version__",
     "check_precondition",
+    "check_write",
     "create_app",
     "errors",
     "hookimpl",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from navistore.errors import PreconditionFailed, SettingsError
+from navistore.errors import PreconditionFailed, SettingsError, StaleStamp
 from navistore.record import Expect, Record, holds
 
 #: Capabilities a backend may declare. The conformance suite skips (with this reason) what is not.
@@ -138,6 +138,24 @@ def check_precondition(expect: Expect | str, live: Record | None, index: int | N
         else:
             why = f"the current etag is {live.etag}"
         raise PreconditionFailed(why, current=live, index=index)
+
+
+def check_write(
+    record: Record,
+    stored: Record | None,
+    expect: Expect | str,
+    now: float,
+    index: int | None = None,
+) -> Record | None:
+    """The checks of ``commit`` against what the store holds for the key (live or not): raise
+    ``PreconditionFailed`` or ``StaleStamp``; return the live record (None when there is none)."""
+    live = stored if stored is not None and stored.live(now) else None
+    check_precondition(expect, live, index)
+    if stored is not None and record.stamp <= stored.stamp:
+        raise StaleStamp(
+            f"stamp {record.stamp} is not newer than {stored.stamp}", stored=stored.stamp
+        )
+    return live
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -19,7 +19,7 @@ import pytest
 
 from navistore import errors
 from navistore.client import Client
-from navistore.testing.servers import free_port, wait_until
+from navistore.testing.servers import free_port, increment, wait_until
 
 SOAK_SECONDS = float(os.environ.get("NAVISTORE_SOAK_SECONDS", "60"))
 JSON = {"Content-Type": "application/json"}
@@ -284,23 +284,11 @@ def test_a_receiving_peer_killed_mid_batch_repeatedly_loses_nothing(serve, tmp_p
 
 def test_if_match_increments_through_one_node_lose_no_update(serve):
     server = serve()
-    Client(server.url).put("counter", b"0")
     clients, each = 8, 25
-
-    def increment() -> None:
-        with Client(server.url) as client:
-            done = 0
-            while done < each:
-                current = client.get("counter")
-                try:
-                    client.put(
-                        "counter", str(int(current.value) + 1).encode(), if_match=current.etag
-                    )
-                    done += 1
-                except errors.PreconditionFailed:
-                    pass
-
-    threads = [threading.Thread(target=increment) for _ in range(clients)]
+    threads = [
+        threading.Thread(target=increment, args=(server.url, "counter", each))
+        for _ in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -326,28 +314,8 @@ def test_with_replication_each_node_counts_its_own_counter_exactly(serve, tmp_pa
             )
         )
     each, per_node = 30, 3
-
-    def increment(node, counter: str) -> None:
-        with Client(node.url) as client:
-            done = 0
-            while done < each:
-                try:
-                    current = client.get(counter)
-                except errors.KeyNotFound:
-                    try:
-                        client.put(counter, b"1", if_none_match="*")
-                        done += 1
-                    except errors.PreconditionFailed:
-                        pass
-                    continue
-                try:
-                    client.put(counter, str(int(current.value) + 1).encode(), if_match=current.etag)
-                    done += 1
-                except errors.PreconditionFailed:
-                    pass
-
     threads = [
-        threading.Thread(target=increment, args=(node, f"count/{i}"))
+        threading.Thread(target=increment, args=(node.url, f"count/{i}", each))
         for i, node in enumerate(nodes)
         for _ in range(per_node)
     ]

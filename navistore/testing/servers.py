@@ -164,3 +164,25 @@ class InProcessServer(HttpClient):
         self._stop.set()
         self._thread.join(timeout=10)
         self.node.close()
+
+
+def increment(url: str, key: str, times: int) -> None:
+    """Add 1 to the integer stored under ``key``, ``times`` times, by compare-and-set (If-Match),
+    retrying whenever another writer got there first; a missing key counts as 0."""
+    from navistore import errors
+    from navistore.client import Client
+
+    with Client(url) as client:
+        done = 0
+        while done < times:
+            try:
+                current = client.get(key)
+                client.put(key, str(int(current.value) + 1).encode(), if_match=current.etag)
+            except errors.KeyNotFound:
+                try:
+                    client.put(key, b"1", if_none_match="*")
+                except errors.PreconditionFailed:
+                    continue
+            except errors.PreconditionFailed:
+                continue
+            done += 1

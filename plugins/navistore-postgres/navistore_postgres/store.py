@@ -30,9 +30,9 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
-from navistore.errors import SettingsError, StaleStamp, StoreBusy, StoreError, StoreFull
+from navistore.errors import SettingsError, StoreBusy, StoreError, StoreFull
 from navistore.record import Expect, Record
-from navistore.store import check_precondition, prefix_end
+from navistore.store import check_write, prefix_end
 
 log = logging.getLogger("navistore.postgres")
 
@@ -303,13 +303,7 @@ class PostgresStore:
         with self._writing() as (cur, last):
             for index, (record, expect) in enumerate(items):
                 stored = self._stored(cur, record.key.encode("utf-8"))
-                live = stored if stored is not None and stored.live(now) else None
-                check_precondition(expect, live, index if len(items) > 1 else None)
-                if stored is not None and record.stamp <= stored.stamp:
-                    raise StaleStamp(
-                        f"stamp {record.stamp} is not newer than {stored.stamp}",
-                        stored=stored.stamp,
-                    )
+                live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
                 last[0] += 1
                 results.append((self._write(cur, record, last[0]), live))
         return results

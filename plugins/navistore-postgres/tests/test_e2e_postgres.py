@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from navistore import errors
 from navistore.client import Client
+from navistore.testing.servers import increment
 
 
 @pytest.fixture
@@ -50,24 +50,10 @@ def test_a_watch_on_one_node_wakes_on_a_write_through_the_other(pair):
 
 def test_if_match_increments_from_8_clients_over_both_nodes_lose_nothing(pair):
     a, b = pair
-    Client(a.url).put("counter", b"0")
     per_client, clients = 25, 8
-
-    def increment(url: str) -> None:
-        with Client(url) as client:
-            done = 0
-            while done < per_client:
-                current = client.get("counter")
-                try:
-                    client.put(
-                        "counter", str(int(current.value) + 1).encode(), if_match=current.etag
-                    )
-                    done += 1
-                except errors.PreconditionFailed:
-                    pass
-
     threads = [
-        threading.Thread(target=increment, args=((a, b)[i % 2].url,)) for i in range(clients)
+        threading.Thread(target=increment, args=((a, b)[i % 2].url, "counter", per_client))
+        for i in range(clients)
     ]
     for t in threads:
         t.start()

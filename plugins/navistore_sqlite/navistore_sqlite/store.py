@@ -31,7 +31,7 @@ from navistore.errors import (
     StoreFull,
 )
 from navistore.record import Expect, Record
-from navistore.store import check_precondition, prefix_end
+from navistore.store import check_write, prefix_end
 from navistore_sqlite.cache import MISS, ReadCache
 
 SCHEMA_VERSION = 1
@@ -353,13 +353,7 @@ class SqliteStore:
         seq = self._next_seqs(conn, len(items))
         for index, (record, expect) in enumerate(items):
             stored = self._stored(conn, record.key.encode("utf-8"))
-            live = stored if stored is not None and stored.live(now) else None
-            check_precondition(expect, live, index if len(items) > 1 else None)
-            if stored is not None and record.stamp <= stored.stamp:
-                raise StaleStamp(
-                    f"stamp {record.stamp} is not newer than {stored.stamp}",
-                    stored=stored.stamp,
-                )
+            live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
             results.append((self._write(conn, record, seq + index), live))
         return results
 
