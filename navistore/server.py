@@ -16,6 +16,7 @@ from typing import Any
 import waitress
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
+from navistore._version import __version__
 from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
 from navistore.node import Node, largest_request
@@ -135,7 +136,7 @@ def _serve(settings: Settings) -> int:
     address = server.effective_host, server.effective_port  # type: ignore[union-attr]
     log.info(
         "navistore %s serving on http://%s:%s (store %s, backend %s, node %s)",
-        node.status()["version"],
+        __version__,
         *address,
         settings.store,
         node.backend.name,

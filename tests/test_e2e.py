@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from navistore.testing.servers import ServerProcess, wait_until
+from navistore.testing.servers import ServerProcess, WriteLoad, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -162,34 +162,10 @@ def test_a_bad_setting_stops_serve_with_a_message_naming_it(tmp_path):
 
 def test_every_acknowledged_write_survives_kill_9(serve, tmp_path):
     server = serve()
-    acknowledged: dict[str, bytes] = {}
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def writer(n: int) -> None:
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
-        i = 0
-        while not stop.is_set():
-            key, value = f"w{n}/{i}", f"value-{n}-{i}".encode()
-            try:
-                conn.request("PUT", f"/v1/keys/{key}", body=value)
-                status = conn.getresponse()
-                status.read()
-            except (OSError, http.client.HTTPException):
-                return  # the server died under us: this write was never acknowledged
-            if status.status == 201:
-                with lock:
-                    acknowledged[key] = value
-            i += 1
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
+    load = WriteLoad(server.url, "w", threads=6)
     time.sleep(1.5)
     server.kill()
-    stop.set()
-    for t in threads:
-        t.join()
+    acknowledged = load.stop()
     assert len(acknowledged) > 100
     print(f"{len(acknowledged)} acknowledged writes checked after kill -9")
     with sqlite3.connect(tmp_path / "navistore.db") as db:

@@ -6,7 +6,6 @@ Every server here is a real `navistore serve` on 127.0.0.1; every load is bounde
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -19,7 +18,7 @@ import pytest
 
 from navistore import errors
 from navistore.client import Client
-from navistore.testing.servers import free_port, increment, wait_until
+from navistore.testing.servers import WriteLoad, free_port, increment, wait_until
 
 SOAK_SECONDS = float(os.environ.get("NAVISTORE_SOAK_SECONDS", "60"))
 JSON = {"Content-Type": "application/json"}
@@ -206,34 +205,6 @@ def test_tokens_never_reach_the_log_and_open_binding_warns(serve):
     assert "without a token" in "".join(serve_open.log)
 
 
-def _writers(url: str, prefix: str, stop: threading.Event, count: int, acked: dict, lock) -> list:
-    def write(n: int) -> None:
-        conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"), timeout=10)
-        i = 0
-        while not stop.is_set():
-            key, value = f"{prefix}{n}/{i}", f"{n}-{i}".encode()
-            try:
-                conn.request("PUT", f"/v1/keys/{key}", body=value)
-                answer = conn.getresponse()
-                answer.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection(
-                    *url.removeprefix("http://").split(":"), timeout=10
-                )
-                time.sleep(0.05)
-                continue  # not acknowledged: the next attempt writes a new key
-            if answer.status == 201:
-                with lock:
-                    acked[key] = value
-            i += 1
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(count)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 def test_a_receiving_peer_killed_mid_batch_repeatedly_loses_nothing(serve, tmp_path):
     """Writes go to a; b, its peer, is killed with SIGKILL five times while batches arrive.
     Afterwards b has every write a acknowledged, and its database passes an integrity check."""
@@ -251,17 +222,13 @@ def test_a_receiving_peer_killed_mid_batch_repeatedly_loses_nothing(serve, tmp_p
         env=fast,
     )
     b = serve("--port", str(port_b), "--node-id", "b", "--store", "sqlite:///b.db", env=fast)
-    acked: dict[str, bytes] = {}
-    lock, stop = threading.Lock(), threading.Event()
-    threads = _writers(a.url, "load/", stop, 4, acked, lock)
+    load = WriteLoad(a.url, "load/", threads=4)
     for _ in range(5):
         time.sleep(0.6)
         b.kill()
         time.sleep(0.3)
         b.start()
-    stop.set()
-    for t in threads:
-        t.join()
+    acked = load.stop()
     last = a.request("GET", "/v1/status").json()["last_seq"]
     wait_until(
         lambda: a.request("GET", "/v1/replication/status").json()["peers"][0]["cursor"] >= last,

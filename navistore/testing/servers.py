@@ -186,3 +186,49 @@ def increment(url: str, key: str, times: int) -> None:
             except errors.PreconditionFailed:
                 continue
             done += 1
+
+
+class WriteLoad:
+    """Writer threads that PUT new keys (``PREFIX<thread>/<n>``) until stopped, and remember every
+    write the server acknowledged (201) in ``acked``. A write that failed (the server died, say)
+    was not acknowledged; the writer reconnects and goes on with a new key."""
+
+    def __init__(self, url: str, prefix: str, threads: int = 4) -> None:
+        self.url, self.prefix = url, prefix
+        self.acked: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(n,)) for n in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        host, _, port = self.url.removeprefix("http://").partition(":")
+        return http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def _write(self, n: int) -> None:
+        conn = self._connect()
+        i = 0
+        while not self._stop.is_set():
+            key, value = f"{self.prefix}{n}/{i}", f"value-{n}-{i}".encode()
+            i += 1
+            try:
+                conn.request("PUT", f"/v1/keys/{key}", body=value)
+                answer = conn.getresponse()
+                answer.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = self._connect()
+                self._stop.wait(0.05)
+                continue
+            if answer.status == 201:
+                with self._lock:
+                    self.acked[key] = value
+        conn.close()
+
+    def stop(self) -> dict[str, bytes]:
+        """Stop the writers; return the acknowledged writes."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.acked

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import falcon
 
+from navistore import __version__
 from navistore.errors import InvalidRequest
 from navistore.node import largest_request
 from navistore.openapi import errors
-from navistore.record import stamp_seconds
 from navistore.resources import read_json
 from navistore_peer_push import wire
 from navistore_peer_push.pusher import Options
@@ -45,7 +44,7 @@ class HelloResource:
         resp.media = {
             "node_id": self.node.node_id,
             "store_id": self.node.store_id,
-            "version": self.node.status()["version"],
+            "version": __version__,
         }
 
 
@@ -101,9 +100,8 @@ class RecordsResource:
             raise InvalidRequest(f"a batch holds at most {MAX_RECORDS} records")
         records = [wire.decode(item, index) for index, item in enumerate(body["records"])]
         # One bad clock must not poison the cluster: refuse the whole batch, before any merge.
-        now = time.time()
         for record in records:
-            ahead = stamp_seconds(record.stamp) - now
+            ahead = self.node.clock.ahead_by(record.stamp)
             if ahead > self.max_skew:
                 raise falcon.HTTPConflict(
                     title="Clock skew",
