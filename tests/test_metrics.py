@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import falcon.testing
 import pytest
@@ -80,3 +81,52 @@ def test_replication_lag_per_peer(make_node):
     samples = scrape(client)
     assert samples[("navistore_replication_lag_records", (("peer", "http://127.0.0.1:9"),))] == 1
     assert ("navistore_replication_lag_seconds", (("peer", "http://127.0.0.1:9"),)) in samples
+
+
+def test_latency_buckets_are_cumulative_and_tallies_from_every_thread_count():
+    from navistore.metrics import _RequestCollector
+
+    collector = _RequestCollector()
+    collector.observe("/r", "GET", "200", 0.0004)  # le 0.0005 and up
+    collector.observe("/r", "GET", "200", 0.001)  # exactly on a bound: le 0.001 and up
+    collector.observe("/r", "GET", "404", 3.0)  # le 5 and up
+    threads = [
+        threading.Thread(
+            target=lambda: [collector.observe("/r", "GET", "200", 0.02) for _ in range(1000)]
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    families = {family.name: family for family in collector.collect()}
+    counts = {s.labels["status"]: s.value for s in families["navistore_requests"].samples}
+    assert counts == {"200": 4002, "404": 1}
+    samples = families["navistore_request_duration_seconds"].samples
+    buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+    assert buckets["0.0005"] == 1
+    assert buckets["0.001"] == 2
+    assert buckets["0.01"] == 2
+    assert buckets["0.025"] == 4002
+    assert buckets["2.5"] == 4002
+    assert buckets["5.0"] == buckets["+Inf"] == 4003
+    total = next(s.value for s in samples if s.name.endswith("_sum"))
+    assert total == pytest.approx(0.0004 + 0.001 + 3.0 + 4000 * 0.02)
+
+
+def test_requests_served_by_many_threads_are_all_counted(client):
+    def put_many() -> None:
+        for i in range(50):
+            client.simulate_put(f"/v1/keys/t/{threading.get_ident()}/{i}", body=b"v")
+
+    threads = [threading.Thread(target=put_many) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    put = (
+        "navistore_requests_total",
+        (("method", "PUT"), ("route", "/v1/keys/{key:path}"), ("status", "201")),
+    )
+    assert scrape(client)[put] == 300
