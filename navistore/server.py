@@ -29,6 +29,12 @@ log = logging.getLogger("navistore")
 #: which pyproject pins; ``check_tuning`` proves it is in effect.
 SEND_BYTES = 18000
 DRAIN_SECONDS = 10.0
+#: waitress's select() loop costs less Python per turn than its poll() loop (which builds a poll
+#: object and registers every descriptor each time): poll cost about 8% of GET throughput at 64
+#: connections (bench/load.py). But select() cannot watch descriptors from FD_SETSIZE up, so poll
+#: is used when the connections, plus a few descriptors per worker thread (the store's files),
+#: could reach it.
+FD_SETSIZE = 1024
 
 
 class _JsonFormatter(logging.Formatter):
@@ -67,12 +73,14 @@ def configure_logging(log_format: str) -> logging.handlers.QueueListener:
 def server_options(settings: Settings) -> dict[str, Any]:
     """waitress's settings for these Navistore settings."""
     threads = settings.threads + settings.max_watchers
+    # Each waiting watch holds a worker thread; leave room for watchers and for clients.
+    connection_limit = max(100, 2 * threads + 100)
     return {
         "host": settings.host,
         "port": settings.port,
         "threads": threads,
-        # Each waiting watch holds a worker thread; leave room for watchers and for clients.
-        "connection_limit": max(100, 2 * threads + 100),
+        "connection_limit": connection_limit,
+        "asyncore_use_poll": connection_limit + 4 * threads + 64 >= FD_SETSIZE,
         # waitress refuses bodies at or above this in plain text: keep it just above the largest
         # legal request, so the app answers every oversized-but-plausible request with JSON.
         "max_request_body_size": largest_request(settings) + 64 * 1024,
@@ -153,7 +161,9 @@ def _serve(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not received:
-            server.asyncore.loop(timeout=0.2, map=server._map, use_poll=True, count=1)
+            server.asyncore.loop(
+                timeout=0.2, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+            )
         log.info("received %s: finishing requests in flight, then stopping", received[0])
         _drain(server, node)
         flush_access_logs()
@@ -174,7 +184,9 @@ def _drain(server: Any, node: Node) -> None:
     node.begin_shutdown()
     deadline = time.monotonic() + DRAIN_SECONDS
     while _busy(server) and time.monotonic() < deadline:
-        server.asyncore.loop(timeout=0.05, map=server._map, use_poll=True, count=1)
+        server.asyncore.loop(
+            timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+        )
     server.task_dispatcher.shutdown(timeout=1)
     for channel in list(server._map.values()):
         channel.close()

@@ -17,6 +17,10 @@ def test_waitress_is_tuned_from_the_settings():
     assert options["max_request_body_size"] == 8 * 1024 * 1024 + 64 * 1024
     assert options["channel_timeout"] == 60  # slow clients are dropped
     assert options["max_request_header_size"] == 64 * 1024
+    assert options["asyncore_use_poll"] is False  # select() is cheaper, and fds stay < 1024
+    many = Settings(threads=256, max_watchers=1024)
+    # select() cannot watch descriptors from 1024 up: poll once connections could get there
+    assert server_options(many)["asyncore_use_poll"] is True
     big = Settings(max_value_size=32 * 1024 * 1024)
     # a replication batch may carry one value at the limit, in base64
     assert largest_request(big) >= 32 * 1024 * 1024 * 4 // 3

@@ -151,7 +151,12 @@ class InProcessServer(HttpClient):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.server.asyncore.loop(timeout=0.05, map=self.server._map, use_poll=True, count=1)
+            self.server.asyncore.loop(
+                timeout=0.05,
+                map=self.server._map,
+                use_poll=self.server.adj.asyncore_use_poll,
+                count=1,
+            )
         self.server.task_dispatcher.shutdown(timeout=2)
         for channel in list(self.server._map.values()):
             channel.close()
