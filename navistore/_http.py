@@ -19,6 +19,11 @@ _ETAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|\Z)')
 
 def percent_decode(raw: bytes, what: str, plus_is_space: bool = False) -> str:
     """Decode ``%XX`` escapes strictly, then UTF-8 strictly; InvalidRequest naming ``what``."""
+    if b"%" not in raw and (not plus_is_space or b"+" not in raw):
+        try:
+            return raw.decode("utf-8")  # nothing escaped: the common case, kept cheap
+        except UnicodeDecodeError:
+            pass  # reported below, with the same words as an escaped invalid byte
     error = InvalidKey if what == "key" else InvalidRequest
     if plus_is_space:
         raw = raw.replace(b"+", b" ")

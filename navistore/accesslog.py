@@ -40,6 +40,7 @@ class AccessLogWriter:
         self._pending: collections.deque[tuple] = collections.deque()
         self._lock = threading.Lock()  # one writer at a time: the thread, or flush()
         self._thread: threading.Thread | None = None
+        self._second, self._stamp = -1, ""
         _WRITERS.add(self)
 
     def add(self, entry: tuple) -> None:
@@ -91,9 +92,12 @@ class AccessLogWriter:
                 )
                 + "\n"
             )
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        second = int(when)
+        if second != self._second:  # lines come in bursts from the same second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return (
-            f"{stamp},{int(when * 1000) % 1000:03d} INFO navistore.access: "
+            f"{self._stamp},{int(when * 1000) % 1000:03d} INFO navistore.access: "
             f'{client} "{method} {uri}" {status} {size} {ms:.1f}ms\n'
         )
 
@@ -119,7 +123,15 @@ class AccessLog:
             size = resp.content_length
         else:
             size = len(resp.render_body() or b"")
-        uri = req.env.get("REQUEST_URI") or req.relative_uri
+        env = req.env
         self.writer.add(
-            (time.time(), req.remote_addr, req.method, uri, resp.status_code, size, elapsed_ms)
+            (
+                time.time(),
+                env.get("REMOTE_ADDR", "-"),
+                req.method,
+                env.get("REQUEST_URI") or req.relative_uri,
+                resp.status_code,
+                size,
+                elapsed_ms,
+            )
         )

@@ -68,6 +68,17 @@ def _peer_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
         if value not in choices:
@@ -112,6 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_value_size", _int_between(1, 64 * MIB), MIB, "largest value in bytes"),
     Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
     Setting("log_format", _choice("text", "json"), "text", "access and server log format"),
+    Setting("access_log", _boolean, False, "log a line per request on stderr (true or false)"),
     Setting("purge_interval", _int_between(1, 86400), 60, "seconds between purges of expired keys"),
     Setting(
         "tombstone_grace",
@@ -138,6 +150,7 @@ class Settings:
     max_value_size: int = MIB
     max_watchers: int = 32
     log_format: str = "text"
+    access_log: bool = False
     purge_interval: int = 60
     tombstone_grace: int = 7 * 86400
 

@@ -19,7 +19,7 @@ from navistore.testing.servers import ServerProcess, WriteLoad, wait_until
 def server(tmp_path_factory):
     """One server for the route tests of this module."""
 
-    server = ServerProcess([], tmp_path_factory.mktemp("e2e"))
+    server = ServerProcess(["--access-log", "true"], tmp_path_factory.mktemp("e2e"))
     yield server
     server.stop()
 
@@ -264,10 +264,18 @@ def test_waitress_serve_call_reads_settings_from_the_environment(tmp_path):
 def test_json_logs(serve):
     import json
 
-    server = serve("--log-format", "json")
+    server = serve("--log-format", "json", "--access-log", "true")
     server.request("GET", "/v1/keys/nothing")
     time.sleep(0.3)
     entries = [json.loads(line) for line in server.log if line.startswith("{")]
     access = [e for e in entries if e["logger"] == "navistore.access"]
     assert access and access[-1]["status"] == 404 and access[-1]["uri"] == "/v1/keys/nothing"
     assert any("serving on" in e["message"] for e in entries)
+
+
+def test_no_access_log_unless_asked(serve):
+    server = serve()
+    server.request("GET", "/v1/keys/nothing")
+    time.sleep(0.3)
+    assert any("serving on" in line for line in server.log)
+    assert not any("navistore.access" in line or "/v1/keys/nothing" in line for line in server.log)

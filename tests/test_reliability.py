@@ -188,7 +188,7 @@ def test_oversized_headers_are_refused(server):
 
 
 def test_tokens_never_reach_the_log_and_open_binding_warns(serve):
-    server = serve("--token", "super-secret-token", "--host", "0.0.0.0")
+    server = serve("--token", "super-secret-token", "--host", "0.0.0.0", "--access-log", "true")
     server.host = "127.0.0.1"
     auth = {"Authorization": "Bearer super-secret-token"}
     assert server.request("PUT", "/v1/keys/k", b"v", auth).status == 201

@@ -52,11 +52,24 @@ def test_repeatable_settings_from_flags_and_environment():
         ({"log_format": "xml"}, "log_format"),
         ({"max_value_size": "-1"}, "max_value_size"),
         ({"token": "has space"}, "token"),
+        ({"access_log": "sometimes"}, "access_log"),
     ],
 )
 def test_a_bad_value_names_the_setting(flags, named):
     with pytest.raises(SettingsError, match=f"'{named}'"):
         load_settings(flags=flags, environ={})
+
+
+def test_booleans_from_flags_environment_and_toml(tmp_path):
+    assert load_settings(environ={}).access_log is False
+    assert load_settings(flags={"access_log": "true"}, environ={}).access_log is True
+    assert load_settings(environ={"NAVISTORE_ACCESS_LOG": "on"}).access_log is True
+    config = tmp_path / "n.toml"
+    config.write_text("access_log = true\n")
+    assert load_settings(environ={}, config=str(config)).access_log is True
+    assert (
+        load_settings(flags={"access_log": "0"}, environ={}, config=str(config)).access_log is False
+    )
 
 
 def test_a_bad_environment_value_names_the_variable():

@@ -33,6 +33,8 @@ def cluster(serve, tmp_path):
                 f"n{i}",
                 "--store",
                 f"sqlite:///{tmp_path}/n{i}.db",
+                "--access-log",  # the tests count pushes from the receivers' access lines
+                "true",
             ]
             for p in peers:
                 args += ["--peer", f"http://127.0.0.1:{p}"]
