@@ -1,17 +1,20 @@
 """Load benchmark: navistore serve (sqlite) against the stack's own ceiling, in the same run.
 
-    python bench/load.py [--seconds 10] [--threads 8]
+    python bench/load.py [--seconds 6] [--rounds 2] [--threads 8]
 
 Starts `navistore serve` on sqlite and bench/stub.py (a stub Falcon app on waitress with the same
 thread count and the same waitress tuning, from navistore.server), loads 1,000 keys of 100 bytes
 into each, and drives both with the same wrk load (2 threads; wrk shares the 2 cores with the
 server): GET, PUT, mixed 90% GET / 10% PUT, and listing pages of 100, at 16 and 64 connections.
-Prints req/s, p50 and p99 for each, and the ratio navistore / stub. Takes about 3 minutes.
+Each cell runs ``--rounds`` times, navistore and stub alternating, and reports the medians (the
+machine is noisy: one run of the stub alone varies by 10-20%). Prints req/s, p50 and p99 for each,
+and the ratio navistore / stub. Takes about 4 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,7 +90,16 @@ def start_stub(threads: int, folder: Path) -> tuple[subprocess.Popen, str]:
     return stub, url
 
 
-def measure(seconds: float, threads: int) -> dict[tuple[str, str, int], _wrk.Result]:
+def median_result(runs: list[_wrk.Result]) -> _wrk.Result:
+    return _wrk.Result(
+        statistics.median(r.requests_per_second for r in runs),
+        statistics.median(r.p50_ms for r in runs),
+        statistics.median(r.p99_ms for r in runs),
+        sum(r.errors for r in runs),
+    )
+
+
+def measure(seconds: float, threads: int, rounds: int) -> dict[tuple[str, str, int], _wrk.Result]:
     folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
     navistore = ServerProcess(["--threads", str(threads), "--store", "sqlite:///bench.db"], folder)
     stub, stub_url = start_stub(threads, folder)
@@ -97,12 +109,14 @@ def measure(seconds: float, threads: int) -> dict[tuple[str, str, int], _wrk.Res
             load_keys(url)
         for workload, lua in WORKLOADS.items():
             for connections in (16, 64):
-                for name, url in (("navistore", navistore.url), ("stub", stub_url)):
-                    _wrk.run(url, lua, connections, 1)  # warm up
-                    results[(workload, name, connections)] = _wrk.run(
-                        url, lua, connections, seconds
-                    )
-                    time.sleep(0.5)
+                runs: dict[str, list[_wrk.Result]] = {"navistore": [], "stub": []}
+                for _ in range(rounds):
+                    for name, url in (("navistore", navistore.url), ("stub", stub_url)):
+                        _wrk.run(url, lua, connections, 1)  # warm up
+                        runs[name].append(_wrk.run(url, lua, connections, seconds))
+                        time.sleep(0.5)
+                for name, found in runs.items():
+                    results[(workload, name, connections)] = median_result(found)
     finally:
         navistore.stop()
         stub.terminate()
@@ -114,14 +128,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     _wrk.ensure_wrk()
-    results = measure(args.seconds, args.threads)
+    results = measure(args.seconds, args.threads, args.rounds)
     print(
-        f"wrk -t2, {args.seconds:g} s per cell, {KEYS} keys of 100 bytes, threads={args.threads}, "
-        "same run; ratio = navistore / stub"
+        f"wrk -t2, {args.seconds:g} s per run, medians of {args.rounds} alternating runs, "
+        f"{KEYS} keys of 100 bytes, threads={args.threads}, same run; ratio = navistore / stub"
     )
     print(
         f"{'workload':<12} {'conns':>5}  {'navistore':>44}  {'stub':>44}  {'req/s':>6} {'p99':>6}"
