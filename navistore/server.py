@@ -65,6 +65,9 @@ def configure_logging(log_format: str) -> logging.handlers.QueueListener:
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(logging.INFO)
+    # waitress warns "Task queue depth is N" for every request that waits for a free thread:
+    # normal with more clients than threads, and under load a log line per request.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     listener = logging.handlers.QueueListener(records, handler)
     listener.start()
     return listener

@@ -18,7 +18,7 @@ class OlderMergeWins(SqliteStore):
 
     def merge(self, record):
         with self._writing() as conn:
-            return self._write(conn, record, self._next_seqs(conn, 1))
+            return self._put_row(conn, record)
 
 
 class InsertionOrderScan(SqliteStore):
@@ -56,7 +56,7 @@ class LostUpdate(SqliteStore):
         check_precondition(expect, live)
         time.sleep(0.05)
         with self._writing() as conn:
-            return self._write(conn, record, self._next_seqs(conn, 1)), live
+            return self._put_row(conn, record), live
 
 
 class TruncatesAtNul(SqliteStore):
@@ -70,9 +70,10 @@ class TruncatesAtNul(SqliteStore):
 class ReusesSeqAfterPurge(SqliteStore):
     """the next seq is the largest stored one plus one: a purge of the newest hands it out again."""
 
-    @staticmethod
-    def _next_seqs(conn, count):
-        (largest,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
+    def _next_seqs(self, count):
+        # inside the write transaction: this thread's connection sees its own writes
+        (largest,) = self._read("SELECT COALESCE(MAX(seq), 0) FROM records")[0]
+        self._pending_seq = largest + count
         return largest + 1
 
     def last_seq(self):

@@ -1,12 +1,15 @@
 """A read cache for SqliteStore.get that never serves a value older than the last commit.
 
-A commit runs inside ``committing(keys)``: it empties the entries of its keys and bumps the
-generation before it commits; after, it puts the committed records in and bumps the generation
-again. A read that missed fills the cache only if the generation did not move while it read and
-no commit is in flight: a read that raced a commit goes to sqlite, as if there were no cache.
-(Without the in-flight rule, a read that saw the old row just before a COMMIT could fill the cache
-between the COMMIT and the update, while another reader had already seen the new row.)
-The store's file is locked to one process (see SqliteStore), so every commit goes through here.
+A commit runs inside ``committing()``, which bumps the generation and marks a commit in flight;
+under the store's write lock, before its COMMIT, the commit ``take``s its keys out of the cache
+(learning what was cached for them); afterwards ``committing`` puts the committed records in and
+bumps the generation again. A read that missed fills the cache only if the generation did not move
+while it read and no commit is in flight: a read that raced a commit goes to sqlite, as if there
+were no cache. (Without the in-flight rule, a read that saw the old row just before a COMMIT could
+fill the cache between the COMMIT and the update, while another reader had already seen the new
+row.) So, under the write lock, what the cache holds for a key is what the database holds, and
+a commit need not read back the rows it found cached. The store's file is locked to one process
+(see SqliteStore), so every commit goes through here.
 """
 
 from __future__ import annotations
@@ -41,13 +44,11 @@ class ReadCache:
                 self._put(key, record)
 
     @contextlib.contextmanager
-    def committing(self, keys: Iterable[str]) -> Iterator[list[Record]]:
-        """Wrap a commit of ``keys``; append the committed records to the list it yields."""
+    def committing(self) -> Iterator[list[Record]]:
+        """Wrap a commit; append the committed records to the list it yields."""
         with self._lock:
             self.generation += 1
             self._in_flight += 1
-            for key in keys:
-                self._drop(key)
         committed: list[Record] = []
         try:
             yield committed
@@ -60,6 +61,18 @@ class ReadCache:
                 self._in_flight -= 1
                 for record in committed:
                     self._put(record.key, record)
+
+    def take(self, keys: Iterable[str]) -> dict[str, Record | None]:
+        """Drop ``keys`` (inside ``committing``, under the write lock, before the COMMIT) and
+        return what was cached for them: the database's rows, None for a known-absent key."""
+        known: dict[str, Record | None] = {}
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key, _MISS)
+                if entry is not _MISS:
+                    known[key] = entry
+                    self._drop(key)
+        return known
 
     def clear(self) -> None:
         with self._lock:

@@ -1,13 +1,17 @@
 """SqliteStore: the Store protocol on one sqlite3 file in WAL mode.
 
 Concurrency: every thread reads through its own connection, so reads never queue behind a lock.
-Writers in this process take a Python lock first, then ``BEGIN IMMEDIATE`` (which also keeps other
-processes on the same file out): writers that queue on sqlite's own lock sleep in its retry loop
-and ruin tail latency, a Python lock hands over at once. Python's sqlite3 opens no transaction for
-a SELECT, so every check-then-write runs inside the explicit ``BEGIN IMMEDIATE``.
+Writers take a Python lock (writers that queue on sqlite's own lock sleep in its retry loop and
+ruin tail latency; a Python lock hands over at once), and the process holds ``PATH.lock``, so no
+other process writes the file. Under the write lock, then, what a writer reads stays true until it
+writes: a check-then-write needs no ``BEGIN IMMEDIATE`` of its own, and a group commit whose rows
+fit one statement is that one autocommitted statement (see ``_commit_group``).
 
-Seqs come from a counter row updated in the committing transaction, so they follow commit order
-and are never reused, even after the newest record is purged.
+Writes go through a group commit (see ``commit_many``). Seqs are handed out under the write lock
+from a counter kept in memory (the process owns the file, see ``_lock_exclusively``), published
+only once the transaction has committed, so they follow commit order. At start the counter is the
+larger of the ``counter`` row and the newest record's seq; a purge that drops tombstones writes it
+to the ``counter`` row, so a seq is never reused even after the newest record is purged.
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ INSERT OR IGNORE INTO counter (id, last_seq) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
-_UPSERT = f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 
@@ -90,16 +93,36 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 _GROUP_MAX = 64  # writers committed in one transaction at most
 
 
-class _Waiter:
-    """A writer in the group-commit queue."""
+_CHUNK = 256  # rows per multi-row statement at most (7 parameters a row)
 
-    __slots__ = ("items", "done", "result", "error")
+
+class _Waiter:
+    """A writer in the group-commit queue; it sleeps on a lock of its own until committed."""
+
+    __slots__ = ("items", "result", "error", "_wake")
 
     def __init__(self, items: Sequence[tuple[Record, Expect | str]]) -> None:
         self.items = items
-        self.done = False
         self.result: list[tuple[Record, Record | None]] | None = None
         self.error: BaseException | None = None
+        self._wake = threading.Lock()
+        self._wake.acquire()
+
+    def sleep(self) -> None:
+        self._wake.acquire()
+
+    def wake(self) -> None:
+        self._wake.release()
+
+
+def _powers_of_two(count: int) -> Iterator[tuple[int, int]]:
+    """Split ``count`` rows into (start, size) chunks whose sizes are powers of two up to _CHUNK,
+    so a few prepared statements (one per size) serve every group."""
+    start = 0
+    while start < count:
+        size = min(_CHUNK, 1 << ((count - start).bit_length() - 1))
+        yield start, size
+        start += size
 
 
 def _lock_exclusively(path: str) -> IO[bytes]:
@@ -166,8 +189,11 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._group = threading.Condition()
+        self._work = threading.Condition()  # guards the queue; the committer waits on it
         self._queue: list[_Waiter] = []
+        self._committer: threading.Thread | None = None
+        self._last_seq = 0  # committed
+        self._pending_seq: int | None = None  # handed out in the open transaction
         self._closed = False
         self._lock_file = _lock_exclusively(path)
         self._cache = ReadCache()
@@ -182,6 +208,9 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO meta (name, value) VALUES ('sqlite.schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+                (counted,) = conn.execute("SELECT last_seq FROM counter WHERE id = 1").fetchone()
+                (newest,) = conn.execute("SELECT max(seq) FROM records").fetchone()
+            self._last_seq = max(counted, newest or 0)
         except sqlite3.Error as exc:
             self.close()
             raise _translate(exc) from exc
@@ -219,22 +248,29 @@ class SqliteStore:
         return conn
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self, transaction: bool = True) -> Iterator[sqlite3.Connection]:
+        """Hold the write lock; with ``transaction``, inside ``BEGIN IMMEDIATE`` .. ``COMMIT``
+        (without, the body may open one itself; it is committed at the end all the same)."""
         conn = self._conn()
         with self._write_lock:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if transaction:
+                    conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
             try:
                 yield conn
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
             except BaseException as exc:
+                self._pending_seq = None
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise _translate(exc) from exc
                 raise
+            if self._pending_seq is not None:  # committed: publish the seqs it used
+                self._last_seq, self._pending_seq = self._pending_seq, None
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
@@ -242,35 +278,48 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
-    @staticmethod
-    def _next_seqs(conn: sqlite3.Connection, count: int) -> int:
-        """Reserve ``count`` seqs in the current transaction; return the first."""
-        (last,) = conn.execute(
-            "UPDATE counter SET last_seq = last_seq + ? WHERE id = 1 RETURNING last_seq", (count,)
-        ).fetchone()
-        return last - count + 1
+    def _next_seqs(self, count: int) -> int:
+        """Hand out ``count`` seqs in the open transaction (under the write lock); the first."""
+        first = (self._last_seq if self._pending_seq is None else self._pending_seq) + 1
+        self._pending_seq = first + count - 1
+        return first
 
     @staticmethod
-    def _stored(conn: sqlite3.Connection, key: bytes) -> Record | None:
-        row = conn.execute(f"SELECT {_COLUMNS} FROM records WHERE key = ?", (key,)).fetchone()
-        return _row(row) if row else None
+    def _fetch(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record]:
+        """The stored rows of ``keys``, in one statement per chunk."""
+        found: dict[str, Record] = {}
+        encoded = [key.encode("utf-8") for key in dict.fromkeys(keys)]
+        for start, size in _powers_of_two(len(encoded)):
+            marks = ", ".join("?" * size)
+            sql = f"SELECT {_COLUMNS} FROM records WHERE key IN ({marks})"
+            for row in conn.execute(sql, encoded[start : start + size]):
+                record = _row(row)
+                found[record.key] = record
+        return found
 
     @staticmethod
-    def _write(conn: sqlite3.Connection, record: Record, seq: int) -> Record:
-        value = b"" if record.deleted else bytes(record.value or b"")
-        conn.execute(
-            _UPSERT,
-            (
-                record.key.encode("utf-8"),
-                value,
-                record.content_type,
-                record.stamp,
-                int(record.deleted),
-                record.expires_at,
-                seq,
-            ),
-        )
-        return record.replace(value=value, seq=seq)
+    def _insert(conn: sqlite3.Connection, records: Sequence[Record]) -> None:
+        """Write ``records`` (in order: a later one for the same key replaces an earlier one)
+        with as few multi-row statements as fit: each statement is one trip into sqlite, and
+        each trip gives up the GIL and must win it back, which under load costs more than the
+        write. Rows that fit one statement need no transaction around it (it commits by itself,
+        atomically); more open one, which ``_writing`` commits."""
+        if len(records) > _CHUNK and not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        for start, size in _powers_of_two(len(records)):
+            rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
+            params: list = []
+            for r in records[start : start + size]:
+                params += (
+                    r.key.encode("utf-8"),
+                    r.value,
+                    r.content_type,
+                    r.stamp,
+                    int(r.deleted),
+                    r.expires_at,
+                    r.seq,
+                )
+            conn.execute(f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES {rows}", params)
 
     # -- the Store protocol ----------------------------------------------------------------
 
@@ -291,81 +340,132 @@ class SqliteStore:
     def commit_many(
         self, items: Sequence[tuple[Record, Expect | str]]
     ) -> list[tuple[Record, Record | None]]:
-        """Commit through a group commit: writers that arrive while a transaction runs queue up,
-        and the first of them commits them all in the next transaction, each in a savepoint of its
-        own (a failed precondition rolls back that writer only). Every writer returns only after
-        the COMMIT that holds its write, so an acknowledged write means what it always meant."""
+        """Commit through a group commit: writers queue up, and the store's committer thread
+        commits every writer waiting (up to 64) together. Each writer's checks run against what
+        the database holds after the writers before it, before any of its rows is written: a
+        writer whose check fails is left out, the others commit. Every writer returns only after
+        the commit that holds its write, so an acknowledged write means what it always meant."""
         if not items:
             return []
         waiter = _Waiter(items)
-        with self._group:
+        with self._work:
+            if self._closed:
+                raise StoreError("the store is closed")
             self._queue.append(waiter)
-            while not waiter.done and self._queue[0] is not waiter:
-                self._group.wait()
-            if not waiter.done:  # first in line: lead the next group
-                group = self._queue[:_GROUP_MAX]
-        if not waiter.done:
-            try:
-                self._commit_group(group)
-            except BaseException as exc:
-                # The transaction failed (or, alone, its one writer's check did): nothing of it
-                # committed, so every writer in it gets the error.
-                for other in group:
-                    if other.error is not exc:
-                        other.result, other.error = None, exc
-            finally:
-                with self._group:
-                    del self._queue[: len(group)]
-                    for other in group:
-                        other.done = True
-                    self._group.notify_all()
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="navistore-sqlite-commit", daemon=True
+                )
+                self._committer.start()
+            self._work.notify()
+        waiter.sleep()
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
 
+    def _commit_loop(self) -> None:
+        """The committer: one thread, so that handing the next group over costs no thread a
+        wake-up (each wake-up waits its turn for the GIL, which under load took longer than the
+        commit itself)."""
+        while True:
+            with self._work:
+                while not self._queue and not self._closed:
+                    self._work.wait()
+                if not self._queue:
+                    return
+                group = self._queue[:_GROUP_MAX]
+                del self._queue[:_GROUP_MAX]
+                closed = self._closed
+            try:
+                if closed:
+                    raise StoreError("the store is closed")
+                self._commit_group(group)
+            except BaseException as exc:
+                # The commit failed: nothing of it committed, every writer gets the error.
+                for waiter in group:
+                    if waiter.error is None:
+                        waiter.result, waiter.error = None, exc
+            for waiter in group:
+                waiter.wake()
+
     def _commit_group(self, group: list[_Waiter]) -> None:
         now = time.time()
         keys = [record.key for waiter in group for record, _ in waiter.items]
-        alone = len(group) == 1
-        with self._cache.committing(keys) as committed, self._writing() as conn:
+        # No BEGIN: under the write lock nothing changes between the reads and the insert, and
+        # the insert is one autocommitted statement (or a transaction of several, see _insert).
+        # With every key cached, the commit is a single trip into sqlite.
+        with self._cache.committing() as committed, self._writing(transaction=False) as conn:
+            current: dict[str, Record | None] = self._cache.take(keys)
+            missing = [key for key in keys if key not in current]
+            if missing:
+                found = self._fetch(conn, missing)
+                for key in missing:
+                    current[key] = found.get(key)
+            rows: list[Record] = []
             for waiter in group:
-                if not alone:
-                    conn.execute("SAVEPOINT writer")
                 try:
-                    waiter.result = self._apply(conn, waiter.items, now)
+                    waiter.result = self._check(waiter.items, current, now)
                 except (PreconditionFailed, StaleStamp) as exc:
-                    if alone:
-                        waiter.error = exc
-                        raise
-                    conn.execute("ROLLBACK TO writer")
-                    conn.execute("RELEASE writer")
                     waiter.error = exc
                     continue
-                if not alone:
-                    conn.execute("RELEASE writer")
-                committed.extend(stored for stored, _ in waiter.result)
+                first = self._next_seqs(len(waiter.result))
+                for offset, (record, live) in enumerate(waiter.result):
+                    stored = Record(
+                        record.key,
+                        b"" if record.deleted else bytes(record.value or b""),
+                        record.content_type,
+                        record.stamp,
+                        record.deleted,
+                        record.expires_at,
+                        first + offset,
+                    )
+                    waiter.result[offset] = (stored, live)
+                    current[record.key] = stored
+                    rows.append(stored)
+            if rows:
+                self._insert(conn, rows)
+            committed.extend(rows)
 
-    def _apply(
-        self, conn: sqlite3.Connection, items: Sequence[tuple[Record, Expect | str]], now: float
+    @staticmethod
+    def _check(
+        items: Sequence[tuple[Record, Expect | str]],
+        current: dict[str, Record | None],
+        now: float,
     ) -> list[tuple[Record, Record | None]]:
-        """One writer's records, checked and written in the open transaction."""
+        """One writer's checks, each item against what the key holds after the items before it;
+        (record, live record it replaces) per item."""
         results = []
-        seq = self._next_seqs(conn, len(items))
+        mine: dict[str, Record] = {}
         for index, (record, expect) in enumerate(items):
-            stored = self._stored(conn, record.key.encode("utf-8"))
+            stored = mine.get(record.key) or current[record.key]
             live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
-            results.append((self._write(conn, record, seq + index), live))
+            mine[record.key] = record
+            results.append((record, live))
         return results
 
     def merge(self, record: Record) -> Record | None:
-        with self._cache.committing([record.key]) as committed, self._writing() as conn:
-            row = conn.execute(
-                "SELECT stamp FROM records WHERE key = ?", (record.key.encode("utf-8"),)
-            ).fetchone()
-            if row is not None and record.stamp <= row[0]:
+        with self._cache.committing() as committed, self._writing(transaction=False) as conn:
+            known = self._cache.take([record.key])
+            if record.key in known:
+                stored = known[record.key]
+                stamp = stored.stamp if stored is not None else None
+            else:
+                row = conn.execute(
+                    "SELECT stamp FROM records WHERE key = ?", (record.key.encode("utf-8"),)
+                ).fetchone()
+                stamp = row[0] if row else None
+            if stamp is not None and record.stamp <= stamp:
                 return None
-            stored = self._write(conn, record, self._next_seqs(conn, 1))
+            stored = self._put_row(conn, record)
             committed.append(stored)
+        return stored
+
+    def _put_row(self, conn: sqlite3.Connection, record: Record) -> Record:
+        """Write one record with the next seq, in the open transaction; return it as stored."""
+        stored = record.replace(
+            value=b"" if record.deleted else bytes(record.value or b""), seq=self._next_seqs(1)
+        )
+        self._insert(conn, [stored])
         return stored
 
     def scan(
@@ -418,7 +518,7 @@ class SqliteStore:
         return self._read(f"SELECT COUNT(*) FROM records WHERE {live}", (time.time(),))[0][0]
 
     def last_seq(self) -> int:
-        return self._read("SELECT last_seq FROM counter WHERE id = 1")[0][0]
+        return self._last_seq
 
     def meta_get(self, name: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
@@ -429,7 +529,7 @@ class SqliteStore:
             conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
-        with self._writing() as conn:
+        with self._cache.committing(), self._writing() as conn:
             self._cache.clear()
             expired = conn.execute(
                 "SELECT key FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
@@ -437,7 +537,7 @@ class SqliteStore:
                 (now,),
             ).fetchall()
             if expired:
-                first = self._next_seqs(conn, len(expired))
+                first = self._next_seqs(len(expired))
                 conn.executemany(
                     "UPDATE records SET deleted = 1, value = x'', expires_at = NULL, seq = ? "
                     "WHERE key = ?",
@@ -447,11 +547,20 @@ class SqliteStore:
                 "DELETE FROM records WHERE deleted = 1 AND seq <= ? AND stamp < ?",
                 (tombstones_upto_seq, tombstones_before_stamp),
             ).rowcount
+            # The newest seq may have gone with a tombstone: keep it, so it is never reused.
+            conn.execute(
+                "UPDATE counter SET last_seq = ? WHERE id = 1",
+                (self._last_seq if self._pending_seq is None else self._pending_seq,),
+            )
         self._cache.clear()
         return len(expired) + dropped
 
     def close(self) -> None:
-        self._closed = True
+        with self._work:
+            self._closed = True
+            self._work.notify()
+        if self._committer is not None and self._committer is not threading.current_thread():
+            self._committer.join(timeout=10)
         self._cache.clear()
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock

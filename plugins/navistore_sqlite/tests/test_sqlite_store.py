@@ -96,7 +96,7 @@ def test_a_locked_database_is_busy_not_an_error(tmp_path):
 
 
 def test_closing_closes_every_thread_connection(store):
-    threads = [threading.Thread(target=store.last_seq) for _ in range(3)]
+    threads = [threading.Thread(target=store.count) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -205,3 +205,69 @@ def test_group_commit_fails_only_the_writer_whose_check_failed(store):
     for i in range(1, 16):
         if i % 4:
             assert store.get(f"free/{i}").value == f"{i}-19".encode()
+
+
+def test_seqs_go_on_from_the_newest_record_after_reopening(tmp_path):
+    path = str(tmp_path / "r.db")
+    store = SqliteStore(path)
+    for n in range(1, 6):
+        store.commit(Record(f"k{n}", b"v", stamp=stamp(n)), ANY)
+    store.close()
+    store = SqliteStore(path)
+    try:
+        assert store.last_seq() == 5
+        stored, _ = store.commit(Record("k9", b"v", stamp=stamp(9)), ANY)
+        assert stored.seq == 6
+    finally:
+        store.close()
+
+
+def test_a_writer_sees_its_own_earlier_items_and_big_batches_commit_whole(store):
+    from navistore.errors import PreconditionFailed
+    from navistore.record import ABSENT
+
+    first = Record("same", b"1", stamp=stamp(1))
+    second = Record("same", b"2", stamp=stamp(2))
+    results = store.commit_many([(first, ABSENT), (second, first.stamp)])
+    assert [r.seq for r, _ in results] == [1, 2]
+    assert results[1][1].value == b"1"  # the second item replaced the first
+    assert store.get("same").value == b"2"
+    # More rows than one statement holds: one transaction of several statements.
+    many = [(Record(f"m/{i:04d}", b"x", stamp=stamp(10 + i)), ANY) for i in range(700)]
+    assert [r.seq for r, _ in store.commit_many(many)] == list(range(3, 703))
+    assert len(store.scan("m/", limit=1000)) == 700
+    # A failing item anywhere leaves the whole batch out.
+    late = [(Record(f"n/{i:04d}", b"x", stamp=stamp(800 + i)), ANY) for i in range(600)]
+    late.append((Record("same", b"3", stamp=stamp(2000)), ABSENT))
+    with pytest.raises(PreconditionFailed) as caught:
+        store.commit_many(late)
+    assert caught.value.index == 600
+    assert store.scan("n/") == [] and store.last_seq() == 702
+
+
+def test_uncached_keys_are_read_back_in_chunks(store):
+    """Checks of keys the read cache does not hold read them from the database."""
+    from navistore.errors import PreconditionFailed
+    from navistore.record import ABSENT
+
+    store.commit_many([(Record(f"c/{i:04d}", b"x", stamp=stamp(i)), ANY) for i in range(300)])
+    store._cache.clear()
+    again = [(Record(f"c/{i:04d}", b"y", stamp=stamp(1000 + i)), ABSENT) for i in range(300)]
+    with pytest.raises(PreconditionFailed):
+        store.commit_many(again)
+    store._cache.clear()
+    replaced = store.commit_many(
+        [(Record(f"c/{i:04d}", b"y", stamp=stamp(1000 + i)), stamp(i)) for i in range(300)]
+    )
+    assert all(previous.value == b"x" for _, previous in replaced)
+
+
+def test_writers_waiting_when_the_store_closes_get_an_error(tmp_path):
+    from navistore.errors import StoreError
+
+    store = SqliteStore(str(tmp_path / "c.db"))
+    store.commit(Record("k", b"v", stamp=stamp(1)), ANY)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.commit(Record("k", b"w", stamp=stamp(2)), ANY)
+    assert store._committer is None or not store._committer.is_alive()
