@@ -107,6 +107,11 @@ def test_record_liveness_and_etag():
     assert not Record("k", expires_at=10.0).expired(now=9.9)
     assert Record("k", value=None, size=7).size == 7
     assert r.replace(value=b"abc").size == 3
+    assert r.replace(stamp="s2", seq=4) == Record(
+        r.key, r.value, r.content_type, "s2", r.deleted, r.expires_at, 4, r.size
+    )
+    with pytest.raises(TypeError, match="colour"):
+        r.replace(colour="red")
 
 
 def test_holds():

@@ -192,6 +192,7 @@ class SqliteStore:
         self._work = threading.Condition()  # guards the queue; the committer waits on it
         self._queue: list[_Waiter] = []
         self._committer: threading.Thread | None = None
+        self._committing = 0  # groups being committed (by the committer, or a writer alone)
         self._last_seq = 0  # committed
         self._pending_seq: int | None = None  # handed out in the open transaction
         self._closed = False
@@ -340,8 +341,9 @@ class SqliteStore:
     def commit_many(
         self, items: Sequence[tuple[Record, Expect | str]]
     ) -> list[tuple[Record, Record | None]]:
-        """Commit through a group commit: writers queue up, and the store's committer thread
-        commits every writer waiting (up to 64) together. Each writer's checks run against what
+        """Commit through a group commit: a writer that finds nobody writing commits at once;
+        otherwise it queues up, and the store's committer thread commits every writer waiting
+        (up to 64) together. Each writer's checks run against what
         the database holds after the writers before it, before any of its rows is written: a
         writer whose check fails is left out, the others commit. Every writer returns only after
         the commit that holds its write, so an acknowledged write means what it always meant."""
@@ -351,14 +353,21 @@ class SqliteStore:
         with self._work:
             if self._closed:
                 raise StoreError("the store is closed")
-            self._queue.append(waiter)
-            if self._committer is None:
-                self._committer = threading.Thread(
-                    target=self._commit_loop, name="navistore-sqlite-commit", daemon=True
-                )
-                self._committer.start()
-            self._work.notify()
-        waiter.sleep()
+            alone = not self._queue and not self._committing
+            if alone:
+                self._committing += 1  # nobody else writing: commit here, with no hand-over
+            else:
+                self._queue.append(waiter)
+                if self._committer is None:
+                    self._committer = threading.Thread(
+                        target=self._commit_loop, name="navistore-sqlite-commit", daemon=True
+                    )
+                    self._committer.start()
+                self._work.notify()
+        if alone:
+            self._commit_and_finish([waiter], wake=False)
+        else:
+            waiter.sleep()
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -375,18 +384,27 @@ class SqliteStore:
                     return
                 group = self._queue[:_GROUP_MAX]
                 del self._queue[:_GROUP_MAX]
-                closed = self._closed
-            try:
-                if closed:
-                    raise StoreError("the store is closed")
-                self._commit_group(group)
-            except BaseException as exc:
-                # The commit failed: nothing of it committed, every writer gets the error.
-                for waiter in group:
-                    if waiter.error is None:
-                        waiter.result, waiter.error = None, exc
+                self._committing += 1
+            self._commit_and_finish(group, wake=True)
+
+    def _commit_and_finish(self, group: list[_Waiter], wake: bool) -> None:
+        try:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._commit_group(group)
+        except BaseException as exc:
+            # The commit failed: nothing of it committed, every writer gets the error.
             for waiter in group:
-                waiter.wake()
+                if waiter.error is None:
+                    waiter.result, waiter.error = None, exc
+        finally:
+            with self._work:
+                self._committing -= 1
+                if self._queue:
+                    self._work.notify()
+            if wake:
+                for waiter in group:
+                    waiter.wake()
 
     def _commit_group(self, group: list[_Waiter]) -> None:
         now = time.time()
