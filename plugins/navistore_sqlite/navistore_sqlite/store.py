@@ -156,17 +156,8 @@ def _translate(exc: sqlite3.Error) -> StoreError:
 
 
 def _row(row: tuple) -> Record:
-    key, value, content_type, stamp, deleted, expires_at, seq, *size = row
-    return Record(
-        key=key.decode("utf-8"),
-        value=value,
-        content_type=content_type,
-        stamp=stamp,
-        deleted=bool(deleted),
-        expires_at=expires_at,
-        seq=seq,
-        size=size[0] if size else -1,
-    )
+    key, value, content_type, stamp, deleted, expires_at, seq = row
+    return Record(key.decode("utf-8"), value, content_type, stamp, bool(deleted), expires_at, seq)
 
 
 def _bounds(prefix: str) -> tuple[str, list[bytes]]:
@@ -510,15 +501,7 @@ class SqliteStore:
             params,
         )[0]
         return [
-            Record(
-                key=key,
-                value=None,
-                content_type=content_type,
-                stamp=stamp,
-                expires_at=expires_at,
-                seq=seq,
-                size=size,
-            )
+            Record(key, None, content_type, stamp, False, expires_at, seq, size)
             for key, content_type, stamp, expires_at, seq, size in json.loads(packed)
         ]
 
