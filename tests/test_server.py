@@ -37,3 +37,86 @@ def test_send_bytes_is_in_effect():
         assert server.adj.threads == settings.threads + settings.max_watchers
     finally:
         server.close()
+
+
+class _Task:
+    """A waitress task as the dispatcher sees it: a request (path, query) and service()."""
+
+    def __init__(self, path: str, query: str, work) -> None:
+        self.request = type("Request", (), {"path": path, "query": query})()
+        self.work = work
+
+    def service(self) -> None:
+        self.work()
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_the_dispatcher_runs_at_most_threads_ordinary_requests_and_keeps_threads_for_watches():
+    import threading
+    import time
+
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=2)
+    dispatcher.set_thread_count(2 + 3)
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+    release_watches = threading.Event()
+    done = []
+
+    def ordinary() -> None:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+        time.sleep(0.01)
+        with lock:
+            running["now"] -= 1
+            done.append("ordinary")
+
+    def watch() -> None:
+        release_watches.wait(10)
+        done.append("watch")
+
+    try:
+        for _ in range(40):
+            dispatcher.add_task(_Task("/v1/keys/k", "", ordinary))
+        for _ in range(3):  # three watches, each holding a thread while it waits
+            dispatcher.add_task(_Task("/v1/changes", "since=0&wait=30", watch))
+        deadline = time.monotonic() + 10
+        while done.count("ordinary") < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # every ordinary request ran while the watches waited, never more than 2 at once
+        assert done.count("ordinary") == 40 and "watch" not in done
+        assert running["most"] == 2
+        release_watches.set()
+        deadline = time.monotonic() + 10
+        while done.count("watch") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done.count("watch") == 3
+    finally:
+        release_watches.set()
+        dispatcher.shutdown(timeout=5)
+    assert not dispatcher.threads
+
+
+def test_a_watch_finds_a_thread_when_ordinary_requests_fill_their_slots():
+    import threading
+    import time
+
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=1)
+    dispatcher.set_thread_count(1 + 1)
+    blocker = threading.Event()
+    answered = threading.Event()
+    try:
+        dispatcher.add_task(_Task("/v1/keys/slow", "", lambda: blocker.wait(10)))
+        dispatcher.add_task(_Task("/v1/keys/next", "", lambda: None))  # queued behind it
+        time.sleep(0.05)
+        dispatcher.add_task(_Task("/v1/changes", "wait=5", answered.set))
+        assert answered.wait(5)  # the watch thread took it while the ordinary slot was busy
+    finally:
+        blocker.set()
+        dispatcher.shutdown(timeout=5)
