@@ -1,6 +1,6 @@
 """Load benchmark: navistore serve (sqlite) against the stack's own ceiling, in the same run.
 
-    python bench/load.py [--seconds 6] [--rounds 2] [--threads 8]
+    python bench/load.py [--seconds 5] [--rounds 3] [--threads 8]
 
 Starts `navistore serve` on sqlite and bench/stub.py (a stub Falcon app on waitress with the same
 thread count and the same waitress tuning, from navistore.server), loads 1,000 keys of 100 bytes
@@ -8,7 +8,7 @@ into each, and drives both with the same wrk load (2 threads; wrk shares the 2 c
 server): GET, PUT, mixed 90% GET / 10% PUT, and listing pages of 100, at 16 and 64 connections.
 Each cell runs ``--rounds`` times, navistore and stub alternating, and reports the medians (the
 machine is noisy: one run of the stub alone varies by 10-20%). Prints req/s, p50 and p99 for each,
-and the ratio navistore / stub. Takes about 4 minutes.
+and the ratio navistore / stub. Takes about 6 minutes.
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     _wrk.ensure_wrk()
