@@ -334,10 +334,10 @@ class SqliteStore:
     ) -> list[tuple[Record, Record | None]]:
         """Commit through a group commit: a writer that finds nobody writing commits at once;
         otherwise it queues up, and the store's committer thread commits every writer waiting
-        (up to 64) together. Each writer's checks run against what
-        the database holds after the writers before it, before any of its rows is written: a
-        writer whose check fails is left out, the others commit. Every writer returns only after
-        the commit that holds its write, so an acknowledged write means what it always meant."""
+        (up to 64) together. Each writer's checks run against what the database holds after the
+        writers before it, before any of its rows is written: a writer whose check fails is left
+        out, the others commit. Every writer returns only after the commit that holds its write,
+        so an acknowledged write means what it always meant."""
         if not items:
             return []
         waiter = _Waiter(items)
