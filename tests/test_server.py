@@ -35,6 +35,13 @@ def test_send_bytes_is_in_effect():
         # waitress drops it, this fails instead of GETs silently getting slower.
         assert server.adj.send_bytes == SEND_BYTES
         assert server.adj.threads == settings.threads + settings.max_watchers
+        # our pool, through waitress's create_server(_dispatcher=...): if a waitress release
+        # stops honouring it, this fails instead of the pool silently becoming waitress's own
+        from navistore.server import Dispatcher
+
+        assert isinstance(server.task_dispatcher, Dispatcher)
+        assert server.task_dispatcher.ordinary == settings.threads
+        assert len(server.task_dispatcher.threads) == server.adj.threads
     finally:
         server.close()
 
