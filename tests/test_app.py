@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import falcon.testing
@@ -178,3 +179,11 @@ def test_a_busy_store_is_503_with_retry_after(make_node, tmp_path):
         other.execute("ROLLBACK")
         other.close()
     assert put(client, "/v1/keys/k").status_code == 201
+
+
+def test_json_answers_are_compact_and_keep_non_ascii_keys_readable(client):
+    put(client, "/v1/keys/caf%C3%A9/a")
+    text = client.simulate_get("/v1/keys").text
+    assert '"key":"café/a"' in text  # UTF-8, not \u escapes
+    assert ", " not in text and '": ' not in text  # no spaces after separators
+    assert json.loads(text)["keys"][0]["key"] == "café/a"
