@@ -1,11 +1,12 @@
 """Scale run: 1,000,000 keys in one `navistore serve` (sqlite), then what it costs.
 
-    python bench/scale.py [--keys 1000000] [--seconds 10]
+    python bench/scale.py [--keys 1000000] [--seconds 5] [--rounds 3]
 
-Measures GET throughput on 1,000 keys first (the baseline, same server, same run), loads the keys
-through POST /v1/batch (128 per request, 8 client threads), then prints the server's RSS, GET
-throughput on random keys among all of them, listing-page (100 keys) throughput, and the size of
-the database files. Needs wrk. Takes a few minutes.
+Measures GET throughput on a store of 1,000 keys first, loads the keys through POST /v1/batch
+(128 per request, 8 client threads), then prints the server's RSS, and, in alternating rounds
+(medians; the machine is noisy): GET on 1,000 of the keys (the baseline, same server, same
+moment), GET on random keys among all of them, and listing pages of 100 keys; and the size of the
+database files. Needs wrk. Takes about 3 minutes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from load import median_result  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
@@ -66,7 +68,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--keys", type=int, default=1_000_000)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     _wrk.ensure_wrk()
     folder = Path(tempfile.mkdtemp(prefix="navistore-scale-"))
@@ -79,15 +82,16 @@ def main() -> None:
         rate = load(server.url, args.keys)
         time.sleep(2)
         rss = rss_mb(server.proc.pid)
-        big = _wrk.run(
-            server.url,
-            _wrk.get_random_keys("k/", args.keys).replace("%06d", "%07d"),
-            16,
-            args.seconds,
-        )
-        listing = _wrk.run(
-            server.url, LISTING.replace("{n}", str(args.keys - 200)), 16, args.seconds
-        )
+        scripts = {
+            "small": _wrk.get_random_keys("k/", 1000).replace("%06d", "%07d"),
+            "big": _wrk.get_random_keys("k/", args.keys).replace("%06d", "%07d"),
+            "listing": LISTING.replace("{n}", str(args.keys - 200)),
+        }
+        runs: dict[str, list[_wrk.Result]] = {name: [] for name in scripts}
+        for _ in range(args.rounds):
+            for name, lua in scripts.items():
+                runs[name].append(_wrk.run(server.url, lua, 16, args.seconds))
+        subset, big, listing = (median_result(runs[name]) for name in scripts)
         rss_after = rss_mb(server.proc.pid)
     finally:
         server.stop()
@@ -95,8 +99,10 @@ def main() -> None:
     print(f"{args.keys:,} keys of 100 bytes, loaded at {rate:,.0f} keys/s through /v1/batch")
     print(f"  server RSS after loading {rss:.0f} MB, after the reads {rss_after:.0f} MB")
     print(f"  database files {size:.0f} MB")
-    print(f"  GET, 1,000 keys (baseline)  {small.row()}")
-    ratio = big.requests_per_second / small.requests_per_second
+    print(f"  GET, a store of 1,000 keys  {small.row()}")
+    print(f"  medians of {args.rounds} alternating rounds of {args.seconds:g} s:")
+    print(f"  GET, 1,000 of the keys      {subset.row()}  (the baseline)")
+    ratio = big.requests_per_second / subset.requests_per_second
     print(f"  GET, all keys               {big.row()}  {ratio:.2f}x")
     print(
         f"  listing pages of 100        {listing.row()}  "
