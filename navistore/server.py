@@ -8,11 +8,11 @@ import json
 import logging
 import logging.handlers
 import queue
-import re
 import signal
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from typing import Any
 
@@ -99,15 +99,14 @@ def server_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-_WATCH_QUERY = re.compile(r"(?:^|&)wait=")
-
-
 def _is_watch(task: Any) -> bool:
+    """Whether a request is a watch (``/v1/changes`` with ``wait``): names decoded as the app
+    decodes them, so that a watch spelled ``%77ait=`` cannot take an ordinary request's slot."""
     request = getattr(task, "request", None)
-    return (
-        getattr(request, "path", None) == "/v1/changes"
-        and _WATCH_QUERY.search(getattr(request, "query", "") or "") is not None
-    )
+    if getattr(request, "path", None) != "/v1/changes":  # waitress has unquoted it
+        return False
+    query = getattr(request, "query", "") or ""
+    return "wait" in urllib.parse.parse_qs(query, keep_blank_values=True)
 
 
 class Dispatcher(ThreadedTaskDispatcher):

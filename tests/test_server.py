@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import falcon
+import pytest
 
 from navistore.node import largest_request
 from navistore.server import SEND_BYTES, make_server, server_options
@@ -127,3 +128,21 @@ def test_a_watch_finds_a_thread_when_ordinary_requests_fill_their_slots():
     finally:
         blocker.set()
         dispatcher.shutdown(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "watch"),
+    [
+        ("/v1/changes", "since=3&wait=30", True),
+        ("/v1/changes", "wait=5", True),
+        ("/v1/changes", "%77ait=5", True),  # decoded as the app decodes it
+        ("/v1/changes", "wait", True),
+        ("/v1/changes", "since=3", False),
+        ("/v1/changes", "await=5", False),
+        ("/v1/keys/k", "wait=5", False),
+    ],
+)
+def test_watches_are_told_apart_as_the_app_reads_them(path, query, watch):
+    from navistore.server import _is_watch
+
+    assert _is_watch(_Task(path, query, lambda: None)) is watch
