@@ -160,6 +160,14 @@ def _row(row: tuple) -> Record:
     return Record(key.decode("utf-8"), value, content_type, stamp, bool(deleted), expires_at, seq)
 
 
+def _as_stored(record: Record, seq: int) -> Record:
+    """``record`` as a row holds it: its seq, and no value if it is a tombstone."""
+    value = b"" if record.deleted else bytes(record.value or b"")
+    return Record(
+        record.key, value, record.content_type, record.stamp, record.deleted, record.expires_at, seq
+    )
+
+
 def _bounds(prefix: str) -> tuple[str, list[bytes]]:
     """SQL and parameters restricting ``key`` to those starting with ``prefix``."""
     if not prefix:
@@ -419,15 +427,7 @@ class SqliteStore:
                     continue
                 first = self._next_seqs(len(waiter.result))
                 for offset, (record, live) in enumerate(waiter.result):
-                    stored = Record(
-                        record.key,
-                        b"" if record.deleted else bytes(record.value or b""),
-                        record.content_type,
-                        record.stamp,
-                        record.deleted,
-                        record.expires_at,
-                        first + offset,
-                    )
+                    stored = _as_stored(record, first + offset)
                     waiter.result[offset] = (stored, live)
                     current[record.key] = stored
                     rows.append(stored)
@@ -471,9 +471,7 @@ class SqliteStore:
 
     def _put_row(self, conn: sqlite3.Connection, record: Record) -> Record:
         """Write one record with the next seq, in the open transaction; return it as stored."""
-        stored = record.replace(
-            value=b"" if record.deleted else bytes(record.value or b""), seq=self._next_seqs(1)
-        )
+        stored = _as_stored(record, self._next_seqs(1))
         self._insert(conn, [stored])
         return stored
 
