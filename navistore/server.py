@@ -215,6 +215,13 @@ def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketSer
         return waitress.create_server(app, _dispatcher=dispatcher, **options)
 
 
+def poll_once(server: Any, timeout: float) -> None:
+    """One turn of waitress's event loop on ``server``, with the loop that its settings chose."""
+    server.asyncore.loop(
+        timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+    )
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -278,9 +285,7 @@ def _serve(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not received:
-            server.asyncore.loop(
-                timeout=0.2, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
-            )
+            poll_once(server, 0.2)
         log.info("received %s: finishing requests in flight, then stopping", received[0])
         _drain(server, node)
         flush_access_logs()
@@ -301,9 +306,7 @@ def _drain(server: Any, node: Node) -> None:
     node.begin_shutdown()
     deadline = time.monotonic() + DRAIN_SECONDS
     while _busy(server) and time.monotonic() < deadline:
-        server.asyncore.loop(
-            timeout=0.05, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
-        )
+        poll_once(server, 0.05)
     server.task_dispatcher.shutdown(timeout=1)
     for channel in list(server._map.values()):
         channel.close()

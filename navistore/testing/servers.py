@@ -150,13 +150,10 @@ class InProcessServer(HttpClient):
         self._thread.start()
 
     def _loop(self) -> None:
+        from navistore.server import poll_once
+
         while not self._stop.is_set():
-            self.server.asyncore.loop(
-                timeout=0.05,
-                map=self.server._map,
-                use_poll=self.server.adj.asyncore_use_poll,
-                count=1,
-            )
+            poll_once(self.server, 0.05)
         self.server.task_dispatcher.shutdown(timeout=2)
         for channel in list(self.server._map.values()):
             channel.close()
