@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import logging
@@ -19,6 +18,7 @@ from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
 from navistore.resources.keys import KeyResource, KeysResource
 from navistore.resources.system import HealthResource, PluginsResource, StatusResource
+from navistore.store import dump_json
 
 log = logging.getLogger("navistore")
 
@@ -125,10 +125,7 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     app.req_options.auto_parse_qs_csv = False
     # Compact JSON, and no cycle check (bodies are built here, from plain data): a listing page
     # of 100 keys encodes in 59 us instead of 68, and is 7% smaller.
-    compact = functools.partial(
-        json.dumps, ensure_ascii=False, separators=(",", ":"), check_circular=False
-    )
-    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=compact)
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=dump_json)
     app.set_error_serializer(_serialize_error)
 
     def domain_error(

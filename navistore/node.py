@@ -45,7 +45,7 @@ from navistore.record import (
     parse_stamp,
 )
 from navistore.settings import BY_NAME, Settings
-from navistore.store import Backend, Store, url_scheme
+from navistore.store import Backend, Store, listing_json, url_scheme
 
 log = logging.getLogger("navistore")
 
@@ -266,6 +266,18 @@ class Node:
             records = records[:limit]
             return records, [], (records[-1].key if more else None)
         return self._list_folded(prefix, after, limit, separator)
+
+    def list_json(
+        self, prefix: str = "", after: str = "", limit: int = DEFAULT_LIMIT
+    ) -> tuple[str, str | None]:
+        """A listing page (no separator) as the JSON array text of its entries, and ``next``:
+        from the store's ``scan_listing`` when it has one, else built from ``list``."""
+        _check_limit(limit)
+        scan_listing = getattr(self.store, "scan_listing", None)
+        if callable(scan_listing):
+            return scan_listing(prefix, after, limit)
+        records, _, next_after = self.list(prefix, after, limit)
+        return listing_json(records), next_after
 
     def _list_folded(
         self, prefix: str, after: str, limit: int, separator: str

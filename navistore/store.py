@@ -12,6 +12,12 @@ Optional methods, which the Node uses when a backend has them:
   process instead of keeping one in the (shared) meta.
 - ``subscribe(callback)`` (shared stores): call ``callback()`` after commits made by any node,
   so watches and replication wake on other nodes' writes.
+- ``scan_listing(prefix, after, limit) -> (entries, next)``: a listing page of live keys as
+  ``scan(prefix, after, limit, values=False)`` would return it, already as JSON text: ``entries``
+  is the JSON array of ``listing_entry(record)`` for each record, ``next`` the page's last key when
+  more live keys with the prefix follow, else None. For a store that can write JSON itself (sqlite
+  does): building records, then dicts, then JSON in Python cost as much as the rest of a listing
+  request. The conformance suite checks it against ``scan``.
 
 Errors a store raises (all in ``navistore.errors``): ``PreconditionFailed`` when ``expect`` does not
 hold, ``StaleStamp`` when ``commit`` gets a stamp not greater than the stored one, ``StoreBusy``
@@ -21,8 +27,10 @@ when it is locked or overloaded (retryable), ``StoreFull`` when the disk is full
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from navistore.errors import PreconditionFailed, SettingsError, StaleStamp
@@ -107,6 +115,28 @@ class Store(Protocol):
     def close(self) -> None:
         """Release everything; the store is not used again."""
         ...
+
+
+def listing_entry(record: Record) -> dict[str, Any]:
+    """A key as a listing shows it (``GET /v1/keys``)."""
+    return {
+        "key": record.key,
+        "etag": record.etag,
+        "size": record.size,
+        "content_type": record.content_type,
+        "expires_at": record.expires_at,
+    }
+
+
+#: JSON as the API writes it: compact, UTF-8 as is, no cycle check (bodies are plain data).
+dump_json = functools.partial(
+    json.dumps, ensure_ascii=False, separators=(",", ":"), check_circular=False
+)
+
+
+def listing_json(records: Sequence[Record]) -> str:
+    """The JSON array of ``listing_entry`` for ``records``: what ``scan_listing`` returns."""
+    return dump_json([listing_entry(record) for record in records])
 
 
 @dataclasses.dataclass(frozen=True)

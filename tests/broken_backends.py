@@ -7,6 +7,7 @@ one plugin with one scheme each, and installed by tests/test_testing.py into pyt
 
 from __future__ import annotations
 
+import json
 import time
 
 from navistore import Backend, check_precondition, hookimpl
@@ -23,6 +24,8 @@ class OlderMergeWins(SqliteStore):
 
 class InsertionOrderScan(SqliteStore):
     """scan returns keys in the order they were written."""
+
+    scan_listing = None  # so that listings, too, go through the broken scan
 
     def scan(self, prefix="", after="", limit=100, values=True):
         found = super().scan(prefix, "", 10**6, values)
@@ -80,6 +83,15 @@ class ReusesSeqAfterPurge(SqliteStore):
         return self._read("SELECT COALESCE(MAX(seq), 0) FROM records")[0][0]
 
 
+class ListingNextWhenFull(SqliteStore):
+    """scan_listing says that more keys follow whenever a page is full."""
+
+    def scan_listing(self, prefix="", after="", limit=100):
+        text, _ = super().scan_listing(prefix, after, limit)
+        entries = json.loads(text)
+        return text, entries[-1]["key"] if len(entries) == limit else None
+
+
 BROKEN = {
     "broken-merge": OlderMergeWins,
     "broken-scan": InsertionOrderScan,
@@ -88,6 +100,7 @@ BROKEN = {
     "broken-race": LostUpdate,
     "broken-nul": TruncatesAtNul,
     "broken-seq": ReusesSeqAfterPurge,
+    "broken-listing": ListingNextWhenFull,
 }
 ALL = {"ttl", "batch", "persistent", "concurrent"}
 

@@ -99,6 +99,13 @@ def failed_tests(result) -> set[str]:
             },
         ),
         ("broken-seq", {"test_a_seq_is_never_reused_after_a_purge"}),
+        (
+            "broken-listing",
+            {
+                "test_scan_listing_agrees_with_scan",
+                "test_scan_listing_skips_expired_keys_and_shows_expiry",
+            },
+        ),
     ],
 )
 def test_the_suite_fails_a_broken_backend_for_the_right_reason(suite_run, scheme, must_fail):

@@ -8,6 +8,7 @@ from navistore import _http
 from navistore.errors import InvalidRequest, PreconditionFailed
 from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node
 from navistore.record import ABSENT, ANY, PRESENT, Expect
+from navistore.store import dump_json, listing_entry
 
 KEY_ROUTE = "/v1/keys/"
 
@@ -91,27 +92,20 @@ class KeysResource:
         params = _http.query(req.env)
         limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         separator = params.get("separator", "")
-        last_seq = self.node.last_seq()
-        records, prefixes, next_after = self.node.list(
-            params.get("prefix", ""), params.get("after", ""), limit, separator
-        )
-        resp.set_header("X-Navistore-Index", str(last_seq))
-        body: dict = {
-            "keys": [
-                {
-                    "key": r.key,
-                    "etag": r.etag,
-                    "size": r.size,
-                    "content_type": r.content_type,
-                    "expires_at": r.expires_at,
-                }
-                for r in records
-            ],
-            "next": next_after,
-        }
+        prefix, after = params.get("prefix", ""), params.get("after", "")
+        resp.set_header("X-Navistore-Index", str(self.node.last_seq()))
         if separator:
-            body["prefixes"] = prefixes
-        resp.media = body
+            records, prefixes, next_after = self.node.list(prefix, after, limit, separator)
+            resp.media = {
+                "keys": [listing_entry(r) for r in records],
+                "next": next_after,
+                "prefixes": prefixes,
+            }
+            return
+        # The entries arrive as JSON text (see Store.scan_listing): spliced in, not re-encoded.
+        entries, next_after = self.node.list_json(prefix, after, limit)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = f'{{"keys":{entries},"next":{dump_json(next_after)}}}'.encode()
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         params = _http.query(req.env)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from navistore.errors import PreconditionFailed, StaleStamp
 from navistore.record import ABSENT, ANY, PRESENT, Record, make_stamp
+from navistore.store import listing_entry
 from navistore.testing._plugin import SuiteFixtures, requires
 from navistore.testing.statemachine import run_state_machine
 
@@ -206,6 +208,83 @@ class BackendSuite(SuiteFixtures):
         assert (listed.size, listed.content_type, listed.key) == (5, "text/x", "k")
         (full,) = store.scan("", "", 10, values=True)
         assert full.value == b"12345"
+
+    # -- scan_listing (optional) ------------------------------------------------------------
+
+    @staticmethod
+    def _check_scan_listing(store, prefix: str, after: str, limit: int) -> None:
+        """``scan_listing`` must give the page ``scan`` gives, as listing entries, and ``next``
+        exactly when more keys follow (compared after decoding: JSON spellings may differ;
+        ``expires_at`` to the millisecond)."""
+
+        def rounded(entries: list[dict]) -> list[dict]:
+            return [
+                {**e, "expires_at": None if e["expires_at"] is None else round(e["expires_at"], 3)}
+                for e in entries
+            ]
+
+        text, next_key = store.scan_listing(prefix, after, limit)
+        records = store.scan(prefix, after, limit + 1, values=False)
+        expected = [listing_entry(r) for r in records[:limit]]
+        assert rounded(json.loads(text)) == rounded(expected), (prefix, after, limit)
+        assert next_key == (records[limit - 1].key if len(records) > limit else None), (
+            prefix,
+            after,
+            limit,
+        )
+
+    def _scan_listing_or_skip(self, store):
+        if not callable(getattr(store, "scan_listing", None)):
+            pytest.skip("the backend has no scan_listing (an optional method)")
+
+    def test_scan_listing_agrees_with_scan(self, store, stamps):
+        self._scan_listing_or_skip(store)
+        keys = ["a", "a/1", "a/2", "a/3", "ab", "b", "é", "x\x00y", "\U0001f600", 'q"\\\n']
+        for i, key in enumerate(keys):
+            content_type = 'text/plain; charset="utf-8"' if i % 2 else "application/x-é"
+            store.commit(record(key, b"\x00v" * i, stamps.next(), content_type=content_type), ANY)
+        store.commit(record("a/2", b"", stamps.next(), deleted=True), PRESENT)
+        for prefix, after, limit in [
+            ("", "", 100),
+            ("", "", 1),
+            ("", "", 3),
+            ("", "a/1", 2),  # the page ends on the tombstone's neighbour
+            ("a", "", 2),
+            ("a/", "", 1),
+            ("a/", "a/1", 1),
+            ("a/", "a/3", 5),
+            ("é", "", 1),
+            ("zz", "", 5),
+            ("", "\U0001f600", 100),
+        ]:
+            self._check_scan_listing(store, prefix, after, limit)
+
+    def test_scan_listing_pages_through_every_key(self, store, stamps):
+        self._scan_listing_or_skip(store)
+        keys = [f"k/{i:03d}" for i in range(25)]
+        self._fill(store, stamps, keys)
+        seen, after = [], ""
+        while True:
+            text, after = store.scan_listing("k/", after or "", 7)
+            seen += [entry["key"] for entry in json.loads(text)]
+            if after is None:
+                break
+        assert seen == keys
+
+    @requires("ttl")
+    def test_scan_listing_skips_expired_keys_and_shows_expiry(self, store, stamps):
+        self._scan_listing_or_skip(store)
+        soon = time.time() + 3600
+        store.commit(record("t/expired", b"v", stamps.next(), expires_at=time.time() - 1), ANY)
+        store.commit(record("t/later", b"v", stamps.next(), expires_at=soon), ANY)
+        store.commit(record("t/plain", b"v", stamps.next()), ANY)
+        store.commit(record("t/zexpired", b"v", stamps.next(), expires_at=time.time() - 1), ANY)
+        text, next_key = store.scan_listing("t/", "", 2)
+        entries = json.loads(text)
+        assert [e["key"] for e in entries] == ["t/later", "t/plain"]
+        assert entries[0]["expires_at"] == pytest.approx(soon, abs=0.001)
+        assert next_key is None  # only an expired key follows
+        self._check_scan_listing(store, "t/", "", 1)
 
     # -- preconditions ----------------------------------------------------------------------
 
