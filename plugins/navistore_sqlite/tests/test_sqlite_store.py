@@ -13,6 +13,7 @@ import pytest
 
 from navistore.errors import SettingsError, StoreBusy
 from navistore.record import ANY, Record, make_stamp
+from navistore_sqlite.cache import MISS, ReadCache
 from navistore_sqlite.store import SqliteStore, parse_url
 
 
@@ -166,6 +167,22 @@ def test_the_read_cache_follows_deletes_merges_and_purges(store):
     assert store.get("e") is not None
     store.purge(10.0**10 + 1, 0, make_stamp(0, 0, "x"))
     assert store.get("e") is None
+
+
+def test_the_read_cache_keeps_to_its_budget_dropping_the_oldest_first():
+    cache = ReadCache(budget_bytes=10_000)
+    records = [Record(f"k{i:03d}", b"x" * 100, stamp=stamp(i)) for i in range(200)]
+    for record in records:
+        cache.fill(record.key, record, cache.generation)
+    kept = [r.key for r in records if cache.lookup(r.key) is not MISS]
+    assert kept == [r.key for r in records[-len(kept) :]]  # the newest, none missing between
+    assert 0 < len(kept) < 200
+    assert cache._bytes == sum(cache._cost(key, cache.lookup(key)) for key in kept)
+    assert cache._bytes <= 10_000
+    cache.fill("k000", records[0], cache.generation)  # back in, as the newest: the oldest goes
+    assert cache.lookup("k000") is records[0] and cache.lookup(kept[0]) is MISS
+    assert cache.take(["k000", "missing"]) == {"k000": records[0]}
+    assert cache._bytes == sum(cache._cost(key, cache.lookup(key)) for key in kept[1:])
 
 
 def test_group_commit_fails_only_the_writer_whose_check_failed(store):
