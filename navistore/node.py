@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from navistore import slots
 from navistore._version import __version__
 from navistore.errors import (
     ChangesGone,
@@ -467,7 +468,9 @@ class Node:
     def _commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
         for _ in range(_STALE_RETRIES):
             try:
-                stored, previous = self.store.commit(record.replace(stamp=self.clock.now()), expect)
+                stamped = record.replace(stamp=self.clock.now())
+                with slots.waiting():  # a commit waits for the disk: another request may run
+                    stored, previous = self.store.commit(stamped, expect)
             except StaleStamp as exc:
                 # The key holds a newer stamp (a peer's clock runs ahead): stamp again past it.
                 self.clock.observe(exc.stored)
@@ -483,7 +486,8 @@ class Node:
         for _ in range(_STALE_RETRIES):
             stamped = [(record.replace(stamp=self.clock.now()), expect) for record, expect in items]
             try:
-                results = self.store.commit_many(stamped)
+                with slots.waiting():
+                    results = self.store.commit_many(stamped)
             except StaleStamp as exc:
                 self.clock.observe(exc.stored)
                 continue
@@ -557,7 +561,8 @@ class Node:
         if self.clock.observe(record.stamp):
             # Ahead of wall time: remember it, so a restart starts the clock past it.
             self.store.meta_set(META_CLOCK, record.stamp)
-        stored = self.store.merge(record)
+        with slots.waiting():
+            stored = self.store.merge(record)
         if stored is not None:
             self.committed(stored, origin)
         return stored

@@ -20,6 +20,7 @@ import waitress
 from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ThreadedTaskDispatcher
 
+from navistore import slots
 from navistore._version import __version__
 from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
@@ -39,6 +40,12 @@ DRAIN_SECONDS = 10.0
 #: is used when the connections, plus a few descriptors per worker thread (the store's files),
 #: could reach it.
 FD_SETSIZE = 1024
+#: Ordinary requests that run at once (the rest of ``threads`` wait for their commits). On 2 cores
+#: that wrk shares, against 8 at once: GET 10,000 -> 12,800 req/s and a listing page 4,300 ->
+#: 6,100 (bench/load.py, 16 connections), GET on 1,000,000 keys 7,000 -> 10,000 (bench/scale.py),
+#: PUT unchanged; 3 and 4 measured in between. Python runs one thread at a time: each runnable
+#: thread more only adds GIL hand-overs (context switches: 8 a GET with 8 running, 3 with 2).
+RUNNING = 2
 
 
 class _JsonFormatter(logging.Formatter):
@@ -110,23 +117,24 @@ def _is_watch(task: Any) -> bool:
 
 
 class Dispatcher(ThreadedTaskDispatcher):
-    """waitress's thread pool, with ``threads`` + ``max_watchers`` threads, that runs at most
-    ``threads`` ordinary requests at once: the other threads are there for watches, which wait.
+    """waitress's thread pool, with ``threads`` + ``max_watchers`` threads, that takes on at most
+    ``threads`` ordinary requests at once and lets only ``RUNNING`` of them run at a time: the
+    others are waiting (``navistore.slots.waiting``, around a commit). Watches
+    (``/v1/changes?wait=...``) have the other threads, queue apart and go first.
 
-    Without the limit, every thread takes ordinary requests when no watch waits, and a thread
-    that gives up the GIL (for sqlite, say) waits behind up to 40 others to get it back. And the
-    idle thread woken for a request is the one that has slept longest (waitress wakes them in
-    turn), so all 40 take turns, each with a cold sqlite page cache. Here idle threads sleep
-    on a stack and the last one to go idle is woken first; a thread that finishes an ordinary
-    request takes the next one itself. Watches (``/v1/changes?wait=...``) queue apart, first.
-    Measured (bench/scale.py, 1,000,000 keys, GET of random keys against GET of 1,000): 0.63x
-    with waitress's pool, 0.70x with this one; the server's RSS fell from 178 MB to 86 MB.
+    Why so few at a time: every thread that gives the GIL up and takes it back waits behind the
+    runnable threads (see ``navistore.slots``). With waitress's pool all 40 threads took ordinary
+    requests, and the idle thread woken was the one that had slept longest, each with a cold sqlite
+    page cache. Here idle threads sleep on a stack, the last one to go idle is woken first, and a
+    thread that finishes an ordinary request takes the next one itself.
     """
 
-    def __init__(self, ordinary: int) -> None:
+    def __init__(self, ordinary: int, running: int | None = None) -> None:
         super().__init__()
         self.ordinary = ordinary
-        self.running_ordinary = 0
+        self.running_limit = min(ordinary, RUNNING if running is None else running)
+        self.admitted = 0  # ordinary requests taken on and not finished
+        self.running = 0  # of those, the ones not waiting
         self.watches: collections.deque = collections.deque()
         self.idle: list[threading.Lock] = []  # each sleeping thread's wake-up, latest last
         self.waking = 0  # threads woken that have not yet looked for a task
@@ -139,16 +147,30 @@ class Dispatcher(ThreadedTaskDispatcher):
 
     def _slot_free(self) -> bool:
         """Whether an ordinary request could start with no thread already on its way to it."""
-        return self.running_ordinary + self.waking < self.ordinary
+        return (
+            self.running + self.waking < self.running_limit
+            and self.admitted + self.waking < self.ordinary
+        )
 
     def _next_task(self) -> tuple[Any, bool]:
         """(task, whether it is ordinary), or (None, False); under ``self.lock``."""
         if self.watches:
             return self.watches.popleft(), False
-        if self.queue and self.running_ordinary < self.ordinary:
-            self.running_ordinary += 1
+        if self.queue and self.running < self.running_limit and self.admitted < self.ordinary:
+            self.running += 1
+            self.admitted += 1
             return self.queue.popleft(), True
         return None, False
+
+    def pause(self) -> None:
+        with self.lock:
+            self.running -= 1
+            if self.queue and self._slot_free():
+                self._wake_one()
+
+    def resume(self) -> None:
+        with self.lock:
+            self.running += 1
 
     def handler_thread(self, thread_no: int) -> None:
         wake = threading.Lock()
@@ -157,7 +179,8 @@ class Dispatcher(ThreadedTaskDispatcher):
         while True:
             with self.lock:
                 if ordinary:
-                    self.running_ordinary -= 1
+                    self.running -= 1
+                    self.admitted -= 1
                 if self.stop_count > 0:
                     self.active_count -= 1
                     self.stop_count -= 1
@@ -176,10 +199,13 @@ class Dispatcher(ThreadedTaskDispatcher):
                     self.active_count += 1
                     self.waking -= 1
                 continue
+            slots.hold(self if ordinary else None)
             try:
                 task.service()
             except BaseException:
                 self.logger.exception("Exception when servicing %r", task)
+            finally:
+                slots.hold(None)
 
     def add_task(self, task: Any) -> None:
         with self.lock:

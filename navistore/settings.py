@@ -109,7 +109,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store", _store_url, "sqlite:///navistore.db", "store URL (sqlite:///navistore.db)"),
     Setting("host", _text, "127.0.0.1", "address to listen on"),
     Setting("port", _int_between(0, 65535), 8888, "port to listen on (0 picks a free one)"),
-    Setting("threads", _int_between(1, 256), 8, "worker threads for ordinary requests"),
+    Setting(
+        "threads",
+        _int_between(1, 256),
+        8,
+        "ordinary requests taken on at once (2 run; the others wait for their commits)",
+    ),
     Setting(
         "node_id", _node_id, None, "this node's id (default: generated once, kept in the store)"
     ),

@@ -146,3 +146,109 @@ def test_watches_are_told_apart_as_the_app_reads_them(path, query, watch):
     from navistore.server import _is_watch
 
     assert _is_watch(_Task(path, query, lambda: None)) is watch
+
+
+def test_a_request_waiting_for_a_commit_gives_its_run_slot_to_the_next():
+    """With one run slot (and four admitted), a request inside slots.waiting() lets the next one
+    run, and the requests that run never number more than one outside waiting()."""
+    import threading
+    import time
+
+    from navistore import slots
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=4, running=1)
+    dispatcher.set_thread_count(4)
+    lock = threading.Lock()
+    running = {"now": 0, "most": 0}
+    committed = threading.Event()
+    started = []
+
+    def run(name: str, wait: bool) -> None:
+        with lock:
+            running["now"] += 1
+            running["most"] = max(running["most"], running["now"])
+            started.append(name)
+        time.sleep(0.005)
+        with lock:
+            running["now"] -= 1
+        if wait:
+            with slots.waiting():  # as Node does around store.commit
+                committed.wait(10)
+
+    try:
+        dispatcher.add_task(_Task("/v1/keys/a", "", lambda: run("writer", True)))
+        for i in range(5):
+            dispatcher.add_task(_Task("/v1/keys/b", "", lambda i=i: run(f"reader{i}", False)))
+        deadline = time.monotonic() + 10
+        while len(started) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # all five readers ran while the writer waited for its commit, one at a time
+        assert started == ["writer"] + [f"reader{i}" for i in range(5)]
+        assert running["most"] == 1
+        while dispatcher.admitted > 1 and time.monotonic() < deadline:  # the last reader ends
+            time.sleep(0.01)
+        assert dispatcher.admitted == 1 and dispatcher.running == 0  # the writer, waiting
+    finally:
+        committed.set()
+        dispatcher.shutdown(timeout=5)
+
+
+def test_without_waiting_a_request_keeps_its_run_slot():
+    import threading
+    import time
+
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=4, running=1)
+    dispatcher.set_thread_count(4)
+    release = threading.Event()
+    started = []
+    try:
+        slow = _Task("/v1/keys/a", "", lambda: (started.append("a"), release.wait(10)))
+        dispatcher.add_task(slow)
+        dispatcher.add_task(_Task("/v1/keys/b", "", lambda: started.append("b")))
+        time.sleep(0.1)
+        assert started == ["a"]  # b waits for the one run slot
+        release.set()
+        deadline = time.monotonic() + 5
+        while started != ["a", "b"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert started == ["a", "b"]
+    finally:
+        release.set()
+        dispatcher.shutdown(timeout=5)
+
+
+def test_node_writes_step_aside_while_they_commit(tmp_path):
+    """Node wraps every commit (put, batch, merge) in slots.waiting(); outside a request that
+    holds a slot, waiting() does nothing."""
+    from navistore import slots
+    from navistore.node import Node
+    from navistore.record import Record
+
+    calls = []
+
+    class Pool:
+        def pause(self) -> None:
+            calls.append("pause")
+
+        def resume(self) -> None:
+            calls.append("resume")
+
+    node = Node(Settings(store=f"sqlite:///{tmp_path}/n.db"))
+    node.start()
+    try:
+        node.put("k", b"v")  # no pool held: nothing to step aside from
+        assert calls == []
+        slots.hold(Pool())
+        try:
+            node.put("k", b"v2")
+            node.get("k")  # a read does not step aside
+            assert calls == ["pause", "resume"]
+            node.merge(Record("m", b"v", stamp="0000000000010000-peer"), "peer")
+            assert calls == ["pause", "resume"] * 2
+        finally:
+            slots.hold(None)
+    finally:
+        node.close()

@@ -30,6 +30,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 
+from navistore import slots
 from navistore.errors import SettingsError, StoreBusy, StoreError, StoreFull
 from navistore.record import Expect, Record
 from navistore.store import check_write, prefix_end
@@ -250,7 +251,8 @@ class PostgresStore:
         if self._closed.is_set():
             raise StoreError("the store is closed")
         try:
-            with self._pool.connection() as conn:
+            # A round trip to the server: let another request run meanwhile (navistore.slots).
+            with slots.waiting(), self._pool.connection() as conn:
                 return conn.execute(self._sql(sql), params).fetchall()
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc) from exc
