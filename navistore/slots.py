@@ -35,13 +35,16 @@ def hold(pool: SlotPool | None) -> None:
 
 @contextlib.contextmanager
 def waiting() -> Iterator[None]:
-    """Wrap a wait for I/O (a commit, a database round trip) in a request."""
+    """Wrap a wait for I/O (a commit, a database round trip) in a request. Nested waits (a store
+    that wraps its own round trips, inside Node's wrap of a commit) step aside once."""
     pool = getattr(_local, "pool", None)
-    if pool is None:
+    if pool is None or getattr(_local, "paused", False):
         yield
         return
     pool.pause()
+    _local.paused = True
     try:
         yield
     finally:
+        _local.paused = False
         pool.resume()

@@ -248,6 +248,9 @@ def test_node_writes_step_aside_while_they_commit(tmp_path):
             assert calls == ["pause", "resume"]
             node.merge(Record("m", b"v", stamp="0000000000010000-peer"), "peer")
             assert calls == ["pause", "resume"] * 2
+            with slots.waiting(), slots.waiting():  # a store's own wait inside Node's
+                pass
+            assert calls == ["pause", "resume"] * 3
         finally:
             slots.hold(None)
     finally:
