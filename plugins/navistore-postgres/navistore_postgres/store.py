@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from navistore import slots
 from navistore.errors import SettingsError, StoreBusy, StoreError, StoreFull
 from navistore.record import Expect, Record
-from navistore.store import check_write, prefix_end
+from navistore.store import check_write, listing_json, prefix_end
 
 log = logging.getLogger("navistore.postgres")
 
@@ -44,6 +44,7 @@ _OPTIONS = {"schema", "pool_min", "pool_max", "pool_timeout"}
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
 _LISTING = "key, NULL, content_type, stamp, deleted, expires_at, seq, length(value)"
 _LIVE = "NOT deleted AND (expires_at IS NULL OR expires_at > %s)"
+_NUL = "position('\\x00'::bytea IN key)"  # where a key's first NUL byte is (0: it has none)
 
 # Version 1. A later version adds a migration from the one before to _MIGRATIONS.
 _CREATE = """
@@ -335,6 +336,35 @@ class PostgresStore:
             [time.time(), *params, limit],
         )
         return [_record(row) for row in rows]
+
+    def scan_listing(
+        self, prefix: str = "", after: str = "", limit: int = 100
+    ) -> tuple[str, str | None]:
+        """A listing page with its JSON written by PostgreSQL (see ``navistore.store``). A key
+        holding a NUL byte cannot become PostgreSQL text: a page with one is built in Python."""
+        where, params = _bounds(prefix)
+        page_where, page_params = where, list(params)
+        if after:
+            page_where += " AND key > %s"
+            page_params.append(after.encode("utf-8"))
+        now = time.time()
+        text_key = f"CASE WHEN {_NUL} = 0 THEN convert_from(key, 'UTF8') END"
+        ((page, last, more, nul),) = self._read(
+            f"SELECT page, last, EXISTS (SELECT 1 FROM {{s}}.records WHERE {_LIVE}{where} "
+            "AND key > last), nul FROM (SELECT coalesce(json_agg(json_build_object("
+            f"'key', {text_key}, 'etag', '\"' || stamp || '\"', 'size', length(value), "
+            "'content_type', content_type, 'expires_at', expires_at) ORDER BY key), '[]')::text "
+            "AS page, (array_agg(key ORDER BY key DESC))[1] AS last, "
+            f"coalesce(bool_or({_NUL} > 0), false) AS nul "
+            f"FROM (SELECT key, value, content_type, stamp, expires_at FROM {{s}}.records "
+            f"WHERE {_LIVE}{page_where} ORDER BY key LIMIT %s) AS listed) AS packed",
+            [now, *params, now, *page_params, limit],
+        )
+        if nul:
+            records = self.scan(prefix, after, limit + 1, values=False)
+            more = len(records) > limit
+            return listing_json(records[:limit]), records[limit - 1].key if more else None
+        return page, bytes(last).decode("utf-8") if more else None
 
     def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
         where, params = _bounds(prefix)
