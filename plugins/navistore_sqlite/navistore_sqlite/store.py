@@ -59,7 +59,7 @@ INSERT OR IGNORE INTO counter (id, last_seq) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
-_LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > :now)"
+_LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 # A listing entry (navistore.store.listing_entry) in sqlite's JSON. Keys are valid UTF-8.
 _ENTRY = (
     "json_object('key', CAST(key AS TEXT), 'etag', '\"' || stamp || '\"', "
@@ -278,7 +278,7 @@ class SqliteStore:
             if self._pending_seq is not None:  # committed: publish the seqs it used
                 self._last_seq, self._pending_seq = self._pending_seq, None
 
-    def _read(self, sql: str, params: Sequence | dict = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
             return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -302,6 +302,17 @@ class SqliteStore:
                 record = _row(row)
                 found[record.key] = record
         return found
+
+    def _current(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Record | None]:
+        """What each of ``keys`` holds (None: nothing), under the write lock inside
+        ``committing``: taken from the read cache where it has the key, else read from sqlite."""
+        current: dict[str, Record | None] = self._cache.take(keys)
+        missing = [key for key in keys if key not in current]
+        if missing:
+            found = self._fetch(conn, missing)
+            for key in missing:
+                current[key] = found.get(key)
+        return current
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, records: Sequence[Record]) -> None:
@@ -418,12 +429,7 @@ class SqliteStore:
         # the insert is one autocommitted statement (or a transaction of several, see _insert).
         # With every key cached, the commit is a single trip into sqlite.
         with self._cache.committing() as committed, self._writing(transaction=False) as conn:
-            current: dict[str, Record | None] = self._cache.take(keys)
-            missing = [key for key in keys if key not in current]
-            if missing:
-                found = self._fetch(conn, missing)
-                for key in missing:
-                    current[key] = found.get(key)
+            current = self._current(conn, keys)
             rows: list[Record] = []
             for waiter in group:
                 try:
@@ -460,16 +466,8 @@ class SqliteStore:
 
     def merge(self, record: Record) -> Record | None:
         with self._cache.committing() as committed, self._writing(transaction=False) as conn:
-            known = self._cache.take([record.key])
-            if record.key in known:
-                stored = known[record.key]
-                stamp = stored.stamp if stored is not None else None
-            else:
-                row = conn.execute(
-                    "SELECT stamp FROM records WHERE key = ?", (record.key.encode("utf-8"),)
-                ).fetchone()
-                stamp = row[0] if row else None
-            if stamp is not None and record.stamp <= stamp:
+            stored = self._current(conn, [record.key])[record.key]
+            if stored is not None and record.stamp <= stored.stamp:
                 return None
             stored = self._put_row(conn, record)
             committed.append(stored)
@@ -488,10 +486,7 @@ class SqliteStore:
         if after:
             where += " AND key > ?"
             params.append(after.encode("utf-8"))
-        page = (
-            "FROM records WHERE deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
-            f"{where} ORDER BY key LIMIT ?"
-        )
+        page = f"FROM records WHERE {_LIVE}{where} ORDER BY key LIMIT ?"
         params = [time.time(), *params, limit]
         if values:
             return [_row(row) for row in self._read(f"SELECT {_COLUMNS} {page}", params)]
@@ -515,21 +510,18 @@ class SqliteStore:
         """A listing page with its JSON written by sqlite (see ``navistore.store``): 89 us for a
         page of 100 on a store of 1,000,000 keys, where the query, 100 records, 100 dicts and
         the JSON encoder took 200. Whether more keys follow is one more index probe."""
-        low = prefix.encode("utf-8")
-        prefix_where = " AND key >= :low AND key < :high" if prefix else ""
-        after_where = " AND key > :after" if after else ""
+        where, params = _bounds(prefix)
+        page_where, page_params = where, list(params)
+        if after:
+            page_where += " AND key > ?"
+            page_params.append(after.encode("utf-8"))
+        now = time.time()
         (page, last, more), *_ = self._read(
-            f"SELECT page, last, EXISTS (SELECT 1 FROM records WHERE {_LIVE}{prefix_where} "
+            f"SELECT page, last, EXISTS (SELECT 1 FROM records WHERE {_LIVE}{where} "
             f"AND key > last) FROM (SELECT json_group_array({_ENTRY}) AS page, max(key) AS last "
             f"FROM (SELECT key, value, content_type, stamp, expires_at FROM records "
-            f"WHERE {_LIVE}{prefix_where}{after_where} ORDER BY key LIMIT :limit))",
-            {
-                "now": time.time(),
-                "low": low,
-                "high": prefix_end(low),
-                "after": after.encode("utf-8"),
-                "limit": limit,
-            },
+            f"WHERE {_LIVE}{page_where} ORDER BY key LIMIT ?))",
+            [now, *params, now, *page_params, limit],
         )
         return page, last.decode("utf-8") if more else None
 
@@ -543,8 +535,7 @@ class SqliteStore:
 
     def count(self) -> int:
         """Live keys (optional in the protocol: for the navistore_keys metric)."""
-        live = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
-        return self._read(f"SELECT COUNT(*) FROM records WHERE {live}", (time.time(),))[0][0]
+        return self._read(f"SELECT COUNT(*) FROM records WHERE {_LIVE}", (time.time(),))[0][0]
 
     def last_seq(self) -> int:
         return self._last_seq
