@@ -46,7 +46,7 @@ from navistore.record import (
     parse_stamp,
 )
 from navistore.settings import BY_NAME, Settings
-from navistore.store import Backend, Store, listing_json, url_scheme
+from navistore.store import Backend, Store, listing_json, scan_page, url_scheme
 
 log = logging.getLogger("navistore")
 
@@ -262,10 +262,8 @@ class Node:
         """List live keys (without values) in key order: (records, folded prefixes, next)."""
         _check_limit(limit)
         if not separator:
-            records = self.store.scan(prefix, after, limit + 1, values=False)
-            more = len(records) > limit
-            records = records[:limit]
-            return records, [], (records[-1].key if more else None)
+            records, next_after = scan_page(self.store, prefix, after, limit)
+            return records, [], next_after
         return self._list_folded(prefix, after, limit, separator)
 
     def list_json(
@@ -277,7 +275,7 @@ class Node:
         scan_listing = getattr(self.store, "scan_listing", None)
         if callable(scan_listing):
             return scan_listing(prefix, after, limit)
-        records, _, next_after = self.list(prefix, after, limit)
+        records, next_after = scan_page(self.store, prefix, after, limit)
         return listing_json(records), next_after
 
     def _list_folded(

@@ -134,6 +134,15 @@ dump_json = functools.partial(
 )
 
 
+def scan_page(store: Store, prefix: str, after: str, limit: int) -> tuple[list[Record], str | None]:
+    """A listing page from ``store.scan`` (without values): up to ``limit`` live records, and the
+    last one's key when more follow (else None)."""
+    records = store.scan(prefix, after, limit + 1, values=False)
+    more = len(records) > limit
+    records = records[:limit]
+    return records, (records[-1].key if more else None)
+
+
 def listing_json(records: Sequence[Record]) -> str:
     """The JSON array of ``listing_entry`` for ``records``: what ``scan_listing`` returns."""
     return dump_json([listing_entry(record) for record in records])

@@ -33,7 +33,7 @@ from psycopg import errors as pg_errors
 from navistore import slots
 from navistore.errors import SettingsError, StoreBusy, StoreError, StoreFull
 from navistore.record import Expect, Record
-from navistore.store import check_write, listing_json, prefix_end
+from navistore.store import check_write, listing_json, prefix_end, scan_page
 
 log = logging.getLogger("navistore.postgres")
 
@@ -361,9 +361,8 @@ class PostgresStore:
             [now, *params, now, *page_params, limit],
         )
         if nul:
-            records = self.scan(prefix, after, limit + 1, values=False)
-            more = len(records) > limit
-            return listing_json(records[:limit]), records[limit - 1].key if more else None
+            records, next_key = scan_page(self, prefix, after, limit)
+            return listing_json(records), next_key
         return page, bytes(last).decode("utf-8") if more else None
 
     def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
