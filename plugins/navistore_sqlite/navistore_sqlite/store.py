@@ -100,6 +100,9 @@ _GROUP_MAX = 64  # writers committed in one transaction at most
 
 
 _CHUNK = 256  # rows per multi-row statement at most (7 parameters a row)
+# Rows written by one statement of exactly that many, with no transaction around it. A
+# statement is prepared once per size and connection (sqlite3 keeps 128 per connection).
+_ONE_STATEMENT = 32
 
 
 class _Waiter:
@@ -319,11 +322,18 @@ class SqliteStore:
         """Write ``records`` (in order: a later one for the same key replaces an earlier one)
         with as few multi-row statements as fit: each statement is one trip into sqlite, and
         each trip gives up the GIL and must win it back, which under load costs more than the
-        write. Rows that fit one statement need no transaction around it (it commits by itself,
-        atomically); more open one, which ``_writing`` commits."""
-        if len(records) > _CHUNK and not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
-        for start, size in _powers_of_two(len(records)):
+        write. Up to ``_ONE_STATEMENT`` rows are one statement of exactly that many rows, which
+        needs no transaction around it (it commits by itself, atomically, and a group commit is
+        one commit); more take several statements in a transaction, which ``_writing`` commits,
+        so that a statement that fails leaves none of the others behind."""
+        count = len(records)
+        if count <= _ONE_STATEMENT:
+            chunks: Iterator[tuple[int, int]] | list[tuple[int, int]] = [(0, count)]
+        else:
+            chunks = _powers_of_two(count)
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+        for start, size in chunks:
             rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
             params: list = []
             for r in records[start : start + size]:

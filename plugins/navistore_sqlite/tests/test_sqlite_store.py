@@ -288,3 +288,31 @@ def test_writers_waiting_when_the_store_closes_get_an_error(tmp_path):
     with pytest.raises(StoreError, match="closed"):
         store.commit(Record("k", b"w", stamp=stamp(2)), ANY)
     assert store._committer is None or not store._committer.is_alive()
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 7, 300, 513])
+def test_a_batch_that_fails_inside_sqlite_leaves_nothing_behind(tmp_path, count):
+    """All or nothing even when sqlite itself refuses a row (here a trigger aborts on the last
+    one, as a full disk might): a batch whose rows take several statements must not commit the
+    statements before the one that failed."""
+    from navistore.errors import StoreError
+
+    path = str(tmp_path / "t.db")
+    store = SqliteStore(path)
+    try:
+        with sqlite3.connect(path) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = CAST('z' AS BLOB) "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        items = [(Record(f"a/{i:04d}", b"x", stamp=stamp(i)), ANY) for i in range(count - 1)]
+        items.append((Record("z", b"x", stamp=stamp(count)), ANY))
+        with pytest.raises(StoreError, match="refused by the test"):
+            store.commit_many(items)
+        assert store.scan("a/", limit=1000) == []
+        assert store.last_seq() == 0
+        # The store goes on: the next write takes the next seq.
+        stored, _ = store.commit(Record("b", b"y", stamp=stamp(5000)), ANY)
+        assert stored.seq == 1 and store.get("b").value == b"y"
+    finally:
+        store.close()
