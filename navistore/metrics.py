@@ -69,14 +69,15 @@ class _NodeCollector:
 
 
 class _Tally:
-    """One thread's requests: counts by (route, method, status), and by (route, method) a list of
+    """One thread's requests: counts by (route, method, status as Falcon holds it: a string, an
+    int or an HTTPStatus, turned into a code at scrape time), and by (route, method) a list of
     per-bucket counts (the last bucket is +Inf) followed by the sum of seconds. Only its thread
     writes it; a scrape copies it (a dict or list copy is atomic under the GIL)."""
 
     __slots__ = ("counts", "latency")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str], int] = {}
+        self.counts: dict[tuple[str, str, Any], int] = {}
         self.latency: dict[tuple[str, str], list] = {}
 
 
@@ -96,13 +97,14 @@ class _RequestCollector:
                 self._tallies.append(tally)
         return tally
 
-    def observe(self, route: str, method: str, status: str, seconds: float) -> None:
-        tally = self.tally()
+    def observe(self, route: str, method: str, status: Any, seconds: float) -> None:
+        tally = getattr(self._local, "tally", None) or self.tally()
+        counts = tally.counts
         key = (route, method, status)
-        tally.counts[key] = tally.counts.get(key, 0) + 1
-        series = tally.latency.get(key[:2])
+        counts[key] = counts.get(key, 0) + 1
+        series = tally.latency.get((route, method))
         if series is None:
-            series = tally.latency[key[:2]] = [0] * (len(_BUCKETS) + 1) + [0.0]
+            series = tally.latency[(route, method)] = [0] * (len(_BUCKETS) + 1) + [0.0]
         series[bisect.bisect_left(_BUCKETS, seconds)] += 1
         series[-1] += seconds
 
@@ -112,7 +114,8 @@ class _RequestCollector:
         counts: dict[tuple[str, str, str], int] = {}
         latency: dict[tuple[str, str], list] = {}
         for tally in tallies:
-            for key, count in dict(tally.counts).items():
+            for (route, method, status), count in dict(tally.counts).items():
+                key = (route, method, str(falcon.util.http_status_to_code(status)))
                 counts[key] = counts.get(key, 0) + count
             for key, series in dict(tally.latency).items():
                 total = latency.setdefault(key, [0] * len(series))
@@ -158,16 +161,18 @@ class Metrics:
 
     # -- middleware -------------------------------------------------------------------------
 
+    # Both run on every request: kept to plain attribute reads (0.4 us, where Context.get,
+    # Response.status_code and str() made it 0.8 us).
+
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
-        started = req.context.get("metrics_started")
+        started = getattr(req.context, "metrics_started", None)
         elapsed = time.perf_counter() - started if started is not None else 0.0
-        route = req.uri_template or "unmatched"
-        self.requests.observe(route, req.method, str(resp.status_code), elapsed)
+        self.requests.observe(req.uri_template or "unmatched", req.method, resp.status, elapsed)
 
     # -- the route --------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import falcon
 import falcon.testing
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -130,3 +131,18 @@ def test_requests_served_by_many_threads_are_all_counted(client):
         (("method", "PUT"), ("route", "/v1/keys/{key:path}"), ("status", "201")),
     )
     assert scrape(client)[put] == 300
+
+
+def test_a_status_counts_as_its_code_however_falcon_holds_it():
+    """Requests are tallied with the status as the response holds it (Falcon takes a string, an
+    int or an HTTPStatus); a scrape counts them by code, in one series per code."""
+    import http
+
+    from navistore.metrics import _RequestCollector
+
+    collector = _RequestCollector()
+    for status in (falcon.HTTP_200, 200, http.HTTPStatus.OK, "404 Not Found", 404):
+        collector.observe("/r", "GET", status, 0.001)
+    families = {family.name: family for family in collector.collect()}
+    counts = {s.labels["status"]: s.value for s in families["navistore_requests"].samples}
+    assert counts == {"200": 3, "404": 2}
