@@ -9,6 +9,7 @@ import time
 import falcon.testing
 import pytest
 
+from navistore import _http
 from navistore.app import create_app
 
 
@@ -35,6 +36,11 @@ def put(client, path, body=b"v", **kwargs):
 def test_keys_come_from_the_raw_path(client, node, path, key):
     assert put(client, path, b"x").status_code == 201
     assert node.get(key).value == b"x"
+    # As waitress hands it over: REQUEST_URI holds the raw bytes as latin-1 characters.
+    raw = path.encode("utf-8").decode("latin-1")
+    for uri in (raw, raw + "?ttl=5"):
+        assert _http.key_from_path({"REQUEST_URI": uri}, "/v1/keys/") == key
+    assert _http.key_from_path({"REQUEST_URI": "/v1/keys/\xe6\x97\xa5"}, "/v1/keys/") == "日"
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ class KeyResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         record = self.node.get(self._key(req))
         resp.etag = record.etag
-        if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
+        if_none_match = _http.parse_etags(req.env.get("HTTP_IF_NONE_MATCH"), "If-None-Match")
         if if_none_match == "*" or (
             if_none_match and any(opaque == record.stamp for _, opaque in if_none_match)
         ):
