@@ -105,10 +105,13 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
     ``NAVISTORE_*`` environment (and ``settings`` given as keyword arguments), and started.
     """
     if node is None:
-        from navistore.server import configure_logging
+        from navistore.server import configure_logging, pin_cpus
         from navistore.settings import load_settings
 
-        node = Node(load_settings(flags=settings))
+        loaded = load_settings(flags=settings)
+        if loaded.cpus:
+            pin_cpus(loaded.cpus)
+        node = Node(loaded)
         configure_logging(node.settings.log_format)  # run as a server, by waitress-serve
         node.start()
     metrics = Metrics(node)

@@ -19,6 +19,7 @@ from navistore.record import NODE_ID_PATTERN
 from navistore.store import url_scheme
 
 MIB = 1024 * 1024
+MAX_CPUS = 4096  # as Linux builds it at most (CONFIG_NR_CPUS)
 
 
 def _text(value: str) -> str:
@@ -88,6 +89,33 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return convert
 
 
+def _cpu_list(value: Any) -> tuple[int, ...]:
+    """CPU numbers as ``taskset -c`` takes them (``1``, ``0,2``, ``0-3``; a TOML list of numbers
+    too), sorted and without repeats."""
+    if isinstance(value, bool):
+        raise ValueError("must be CPU numbers, as in 1, 0,2 or 0-3")
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    cpus: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, dash, high = (piece.strip() for piece in part.partition("-"))
+        if not (low.isascii() and low.isdigit()) or (
+            dash and not (high.isascii() and high.isdigit())
+        ):
+            raise ValueError(f"{part!r} is not a CPU number or range (as in 1, 0,2 or 0-3)")
+        first, last = int(low), int(high) if dash else int(low)
+        if last < first:
+            raise ValueError(f"{part!r} is an empty range")
+        if last >= MAX_CPUS:
+            raise ValueError(f"CPU {last} is past the largest CPU number ({MAX_CPUS - 1})")
+        cpus.update(range(first, last + 1))
+    if not cpus:
+        raise ValueError("names no CPU (as in 1, 0,2 or 0-3)")
+    return tuple(sorted(cpus))
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     name: str
@@ -114,6 +142,12 @@ SETTINGS: tuple[Setting, ...] = (
         _int_between(1, 256),
         8,
         "ordinary requests taken on at once (2 run; the others wait for their commits)",
+    ),
+    Setting(
+        "cpus",
+        _cpu_list,
+        None,
+        "run on these CPUs only (Linux; as in 1 or 0-3); one CPU per process serves most",
     ),
     Setting(
         "node_id", _node_id, None, "this node's id (default: generated once, kept in the store)"
@@ -146,6 +180,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8888
     threads: int = 8
+    cpus: tuple[int, ...] | None = None
     node_id: str | None = None
     token: str | None = None
     token_file: str | None = None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import falcon
 import pytest
 
 from navistore.node import largest_request
 from navistore.server import SEND_BYTES, make_server, server_options
 from navistore.settings import Settings
+from navistore.testing.servers import ServerProcess
 
 
 def test_waitress_is_tuned_from_the_settings():
@@ -255,3 +261,42 @@ def test_node_writes_step_aside_while_they_commit(tmp_path):
             slots.hold(None)
     finally:
         node.close()
+
+
+def _thread_cpus(pid: int) -> set[str]:
+    """Each thread's allowed CPUs, as /proc lists them."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                found.add(line.split(":", 1)[1].strip())
+    return found
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning to CPUs is Linux-only")
+def test_serve_keeps_every_thread_to_the_cpus_it_is_given(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    server = ServerProcess(["--store", "sqlite:///p.db", "--cpus", str(cpu)], tmp_path)
+    try:
+        for i in range(20):  # threads that start on demand (the group committer) inherit it
+            assert server.request("PUT", f"/v1/keys/k{i}", b"v").status in (200, 201)
+        assert _thread_cpus(server.proc.pid) == {str(cpu)}
+        assert len(list(Path(f"/proc/{server.proc.pid}/task").iterdir())) > 8
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning to CPUs is Linux-only")
+def test_serve_refuses_cpus_it_may_not_run_on(tmp_path):
+    available = os.sched_getaffinity(0)
+    missing = max(available) + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "navistore", "serve", "--port", "0", "--cpus", f"0,{missing}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"CPU {missing} is not available" in done.stderr
+    assert "it may run on" in done.stderr

@@ -53,6 +53,10 @@ def test_repeatable_settings_from_flags_and_environment():
         ({"max_value_size": "-1"}, "max_value_size"),
         ({"token": "has space"}, "token"),
         ({"access_log": "sometimes"}, "access_log"),
+        ({"cpus": "one"}, "cpus"),
+        ({"cpus": "3-1"}, "cpus"),
+        ({"cpus": ","}, "cpus"),
+        ({"cpus": "4096"}, "cpus"),
     ],
 )
 def test_a_bad_value_names_the_setting(flags, named):
@@ -98,3 +102,18 @@ def test_token_file(tmp_path):
 def test_every_setting_is_a_field_with_the_same_default():
     for setting in SETTINGS:
         assert getattr(Settings(), setting.name) == setting.default
+
+
+@pytest.mark.parametrize(
+    ("given", "cpus"),
+    [("1", (1,)), ("0,2-3", (0, 2, 3)), (" 3 , 1-2 ,1", (1, 2, 3)), ([2, 0], (0, 2))],
+)
+def test_cpus_are_read_as_taskset_writes_them(given, cpus, tmp_path):
+    assert load_settings(flags={"cpus": given}, environ={}).cpus == cpus
+    if isinstance(given, str):
+        assert load_settings(environ={"NAVISTORE_CPUS": given}).cpus == cpus
+    else:  # a TOML list of numbers
+        config = tmp_path / "n.toml"
+        config.write_text(f"cpus = {given}\n")
+        assert load_settings(environ={}, config=str(config)).cpus == cpus
+    assert load_settings(environ={}).cpus is None  # by default the OS decides
