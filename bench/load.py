@@ -1,11 +1,13 @@
 """Load benchmark: navistore serve (sqlite) against the stack's own ceiling, in the same run.
 
-    python bench/load.py [--seconds 5] [--rounds 3] [--threads 8]
+    python bench/load.py [--seconds 5] [--rounds 3] [--threads 8] [--cpus N]
 
 Starts `navistore serve` on sqlite and bench/stub.py (a stub Falcon app on waitress with the same
 thread count and the same waitress tuning, from navistore.server), loads 1,000 keys of 100 bytes
 into each, and drives both with the same wrk load (2 threads; wrk shares the 2 cores with the
-server): GET, PUT, mixed 90% GET / 10% PUT, and listing pages of 100, at 16 and 64 connections.
+servers, which both run with ``--cpus`` on the last CPU, as README recommends; ``--cpus ''`` lets
+them run anywhere): GET, PUT, mixed 90% GET / 10% PUT, and listing pages of 100, at 16 and 64
+connections.
 Each cell runs ``--rounds`` rounds of one navistore run and one stub run, back to back, the order
 turned round every other round (the machine drifts: the same server measured five times in a row
 slowed down by 20%, so whoever always went first was favoured). Prints the medians of req/s, p50
@@ -17,6 +19,7 @@ Takes about 6 minutes.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -66,7 +69,7 @@ def load_keys(url: str) -> None:
             client.put(f"k/{i:06d}", b"x" * 100)
 
 
-def start_stub(threads: int, folder: Path) -> tuple[subprocess.Popen, str]:
+def start_stub(threads: int, folder: Path, cpus: str = "") -> tuple[subprocess.Popen, str]:
     port = free_port()
     stub = subprocess.Popen(
         [
@@ -76,6 +79,7 @@ def start_stub(threads: int, folder: Path) -> tuple[subprocess.Popen, str]:
             str(port),
             "--threads",
             str(threads),
+            *(["--cpus", cpus] if cpus else []),
         ],
         cwd=folder,
         stderr=subprocess.DEVNULL,
@@ -103,12 +107,15 @@ def median_result(runs: list[_wrk.Result]) -> _wrk.Result:
 
 
 def measure(
-    seconds: float, threads: int, rounds: int
+    seconds: float, threads: int, rounds: int, cpus: str = ""
 ) -> tuple[dict[tuple[str, str, int], _wrk.Result], dict[tuple[str, int], float]]:
     """Medians per (workload, server, connections), and the median ratio per (workload, conns)."""
     folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
-    navistore = ServerProcess(["--threads", str(threads), "--store", "sqlite:///bench.db"], folder)
-    stub, stub_url = start_stub(threads, folder)
+    pinned = ["--cpus", cpus] if cpus else []
+    navistore = ServerProcess(
+        ["--threads", str(threads), "--store", "sqlite:///bench.db", *pinned], folder
+    )
+    stub, stub_url = start_stub(threads, folder, cpus)
     results = {}
     ratios = {}
     try:
@@ -143,14 +150,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--cpus",
+        default=str(max(os.sched_getaffinity(0))),
+        help="the --cpus both servers run with (default: the last CPU; '' for none)",
+    )
     args = parser.parse_args()
     _wrk.ensure_wrk()
-    results, ratios = measure(args.seconds, args.threads, args.rounds)
+    results, ratios = measure(args.seconds, args.threads, args.rounds, args.cpus)
     print(
         f"wrk -t2, {args.seconds:g} s per run, medians of {args.rounds} rounds (navistore and "
         f"stub back to back, the order turned round every other round), {KEYS} keys of 100 "
-        f"bytes, threads={args.threads}; req/s ratio = median of the rounds' navistore / stub; "
-        "p99 ratio = of the medians"
+        f"bytes, threads={args.threads}, both servers on CPUs {args.cpus or 'any'}; req/s ratio "
+        "= median of the rounds' navistore / stub; p99 ratio = of the medians"
     )
     print(
         f"{'workload':<12} {'conns':>5}  {'navistore':>44}  {'stub':>44}  {'req/s':>6} {'p99':>6}"

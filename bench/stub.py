@@ -3,7 +3,7 @@
 It keeps values in a dict and answers the same shapes as Navistore (a value with an ETag, a small
 JSON body for a write, a JSON page of 100 keys), with nothing behind: the ceiling of the stack.
 
-    python bench/stub.py --port 9000 --threads 8
+    python bench/stub.py --port 9000 --threads 8 [--cpus 1]
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import falcon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from navistore.server import make_server  # noqa: E402
-from navistore.settings import Settings  # noqa: E402
+from navistore.server import make_server, pin_cpus  # noqa: E402
+from navistore.settings import Settings, load_settings  # noqa: E402
 
 
 class Keys:
@@ -66,7 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--cpus", default="", help="as navistore serve --cpus")
     args = parser.parse_args()
+    if args.cpus:
+        pin_cpus(load_settings(flags={"cpus": args.cpus}, environ={}).cpus)
     keys = Keys()
     app = falcon.App()
     app.add_route("/v1/keys/{key:path}", keys)
