@@ -18,6 +18,9 @@ from typing import Protocol
 
 
 class SlotPool(Protocol):
+    #: Ordinary requests taken on and not finished, the current one included.
+    admitted: int
+
     def pause(self) -> None:
         """The current request waits: its slot may go to another request meanwhile."""
 
@@ -31,6 +34,14 @@ _local = threading.local()
 def hold(pool: SlotPool | None) -> None:
     """Mark the current thread as running a request in one of ``pool``'s slots (None: not)."""
     _local.pool = pool
+
+
+def crowded() -> bool:
+    """Whether other requests are in hand besides the current one: a hint (read without a lock)
+    that a store may wait for company, to commit several writers at once, rather than commit a
+    write alone. Outside a request that holds a slot, False."""
+    pool = getattr(_local, "pool", None)
+    return pool is not None and getattr(pool, "admitted", 0) > 1
 
 
 @contextlib.contextmanager

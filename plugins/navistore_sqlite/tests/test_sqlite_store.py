@@ -316,3 +316,30 @@ def test_a_batch_that_fails_inside_sqlite_leaves_nothing_behind(tmp_path, count)
         assert stored.seq == 1 and store.get("b").value == b"y"
     finally:
         store.close()
+
+
+def test_a_lone_writer_commits_itself_and_one_among_other_requests_queues(store):
+    """Alone (no other request in hand), a writer commits in its own thread, with no hand-over;
+    with other requests in hand it queues for the committer thread, so that writers group."""
+    from navistore import slots
+
+    class Pool:  # the request slots, as navistore.server.Dispatcher keeps them
+        admitted = 1
+
+        def pause(self) -> None:
+            pass
+
+        def resume(self) -> None:
+            pass
+
+    pool = Pool()
+    slots.hold(pool)
+    try:
+        store.commit(Record("a", b"1", stamp=stamp(1)), ANY)
+        assert store._committer is None  # committed by the writer itself
+        pool.admitted = 2
+        stored, _ = store.commit(Record("b", b"2", stamp=stamp(2)), ANY)
+        assert store._committer is not None and store._committer.is_alive()
+        assert stored.seq == 2 and store.get("b").value == b"2"
+    finally:
+        slots.hold(None)
