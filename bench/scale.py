@@ -1,12 +1,13 @@
 """Scale run: 1,000,000 keys in one `navistore serve` (sqlite), then what it costs.
 
-    python bench/scale.py [--keys 1000000] [--seconds 5] [--rounds 3]
+    python bench/scale.py [--keys 1000000] [--seconds 5] [--rounds 3] [--cpus N]
 
 Measures GET throughput on a store of 1,000 keys first, loads the keys through POST /v1/batch
 (128 per request, 8 client threads), then prints the server's RSS, and, in alternating rounds
 (medians; the machine is noisy): GET on 1,000 of the keys (the baseline, same server, same
 moment), GET on random keys among all of them, and listing pages of 100 keys; and the size of the
-database files. Needs wrk. Takes about 3 minutes.
+database files. The server runs anywhere unless ``--cpus`` is given (as navistore serve --cpus).
+Needs wrk. Takes about 3 minutes.
 """
 
 from __future__ import annotations
@@ -70,10 +71,12 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cpus", default="", help="navistore serve --cpus (default: none)")
     args = parser.parse_args()
     _wrk.ensure_wrk()
     folder = Path(tempfile.mkdtemp(prefix="navistore-scale-"))
-    server = ServerProcess(["--store", "sqlite:///scale.db"], folder)
+    pinned = ["--cpus", args.cpus] if args.cpus else []
+    server = ServerProcess(["--store", "sqlite:///scale.db", *pinned], folder)
     try:
         load(server.url, 1000)
         small = _wrk.run(

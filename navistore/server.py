@@ -289,7 +289,7 @@ def pin_cpus(cpus: Sequence[int]) -> None:
     another CPU wakes it there (an inter-processor interrupt, dear in a virtual machine). With the
     process on one CPU of the 2-core bench machine: PUT about 5,000 -> 8,000 req/s, GET 14,000 ->
     18,000 (bench/load.py); what runs without the GIL (sqlite, the kernel's TCP) loses the second
-    CPU, so a listing page was 8% slower.
+    CPU, so a listing page was 9-13% slower.
     """
     setaffinity = getattr(os, "sched_setaffinity", None)
     if setaffinity is None:
