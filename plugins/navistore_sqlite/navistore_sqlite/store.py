@@ -328,13 +328,9 @@ class SqliteStore:
         one commit); more take several statements in a transaction, which ``_writing`` commits,
         so that a statement that fails leaves none of the others behind."""
         count = len(records)
-        if count <= _ONE_STATEMENT:
-            chunks: Iterator[tuple[int, int]] | list[tuple[int, int]] = [(0, count)]
-        else:
-            chunks = _powers_of_two(count)
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-        for start, size in chunks:
+        if count > _ONE_STATEMENT and not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+        for start, size in [(0, count)] if count <= _ONE_STATEMENT else _powers_of_two(count):
             rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
             params: list = []
             for r in records[start : start + size]:
