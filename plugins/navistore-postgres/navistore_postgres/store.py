@@ -126,11 +126,17 @@ def _record(row: Sequence[Any]) -> Record:
     )
 
 
-def _bounds(prefix: str) -> tuple[str, list[bytes]]:
-    if not prefix:
-        return "", []
-    low = prefix.encode("utf-8")
-    return " AND key >= %s AND key < %s", [low, prefix_end(low)]
+def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes]]:
+    """SQL and parameters restricting ``key`` to those starting with ``prefix`` (and, with
+    ``after``, sorting after it)."""
+    where, params = "", []
+    if prefix:
+        low = prefix.encode("utf-8")
+        where, params = " AND key >= %s AND key < %s", [low, prefix_end(low)]
+    if after:
+        where += " AND key > %s"
+        params.append(after.encode("utf-8"))
+    return where, params
 
 
 class PostgresStore:
@@ -326,10 +332,7 @@ class PostgresStore:
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
     ) -> list[Record]:
-        where, params = _bounds(prefix)
-        if after:
-            where += " AND key > %s"
-            params.append(after.encode("utf-8"))
+        where, params = _bounds(prefix, after)
         rows = self._read(
             f"SELECT {_COLUMNS if values else _LISTING} FROM {{s}}.records "
             f"WHERE {_LIVE}{where} ORDER BY key LIMIT %s",
@@ -343,10 +346,7 @@ class PostgresStore:
         """A listing page with its JSON written by PostgreSQL (see ``navistore.store``). A key
         holding a NUL byte cannot become PostgreSQL text: a page with one is built in Python."""
         where, params = _bounds(prefix)
-        page_where, page_params = where, list(params)
-        if after:
-            page_where += " AND key > %s"
-            page_params.append(after.encode("utf-8"))
+        page_where, page_params = _bounds(prefix, after)
         now = time.time()
         text_key = f"CASE WHEN {_NUL} = 0 THEN convert_from(key, 'UTF8') END"
         ((page, last, more, nul),) = self._read(

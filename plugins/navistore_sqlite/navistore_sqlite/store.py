@@ -178,13 +178,17 @@ def _as_stored(record: Record, seq: int) -> Record:
     )
 
 
-def _bounds(prefix: str) -> tuple[str, list[bytes]]:
-    """SQL and parameters restricting ``key`` to those starting with ``prefix``."""
-    if not prefix:
-        return "", []
-    low = prefix.encode("utf-8")
-    high = prefix_end(low)
-    return " AND key >= ? AND key < ?", [low, high]
+def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes]]:
+    """SQL and parameters restricting ``key`` to those starting with ``prefix`` (and, with
+    ``after``, sorting after it)."""
+    where, params = "", []
+    if prefix:
+        low = prefix.encode("utf-8")
+        where, params = " AND key >= ? AND key < ?", [low, prefix_end(low)]
+    if after:
+        where += " AND key > ?"
+        params.append(after.encode("utf-8"))
+    return where, params
 
 
 class SqliteStore:
@@ -496,10 +500,7 @@ class SqliteStore:
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
     ) -> list[Record]:
-        where, params = _bounds(prefix)
-        if after:
-            where += " AND key > ?"
-            params.append(after.encode("utf-8"))
+        where, params = _bounds(prefix, after)
         page = f"FROM records WHERE {_LIVE}{where} ORDER BY key LIMIT ?"
         params = [time.time(), *params, limit]
         if values:
@@ -525,10 +526,7 @@ class SqliteStore:
         page of 100 on a store of 1,000,000 keys, where the query, 100 records, 100 dicts and
         the JSON encoder took 200. Whether more keys follow is one more index probe."""
         where, params = _bounds(prefix)
-        page_where, page_params = where, list(params)
-        if after:
-            page_where += " AND key > ?"
-            page_params.append(after.encode("utf-8"))
+        page_where, page_params = _bounds(prefix, after)
         now = time.time()
         (page, last, more), *_ = self._read(
             f"SELECT page, last, EXISTS (SELECT 1 FROM records WHERE {_LIVE}{where} "
