@@ -113,6 +113,7 @@ class Node:
     ) -> None:
         self.settings = settings or Settings()
         self.plugins = plugins or get_plugin_manager()
+        self._committed_hook = self.plugins.hook.navistore_committed  # looked up once: every write
         if store is None:
             self.backend, store = self._open_store(self.settings.store)
         else:
@@ -466,7 +467,7 @@ class Node:
     def _commit(self, record: Record, expect: Expect | str) -> tuple[Record, Record | None]:
         for _ in range(_STALE_RETRIES):
             try:
-                stamped = record.replace(stamp=self.clock.now())
+                stamped = record._replace(stamp=self.clock.now())  # no other field changes
                 with slots.waiting():  # a commit waits for the disk: another request may run
                     stored, previous = self.store.commit(stamped, expect)
             except StaleStamp as exc:
@@ -580,7 +581,7 @@ class Node:
             self._generation += 1
             self._changed.notify_all()
         try:
-            self.plugins.hook.navistore_committed(node=self, record=record, origin=origin)
+            self._committed_hook(node=self, record=record, origin=origin)
         except Exception:  # the write is committed; a plugin's failure must not undo the answer
             log.exception("a navistore_committed hook failed for %r", record.key)
 

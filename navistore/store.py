@@ -27,7 +27,6 @@ when it is locked or overloaded (retryable), ``StoreFull`` when the disk is full
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -128,10 +127,10 @@ def listing_entry(record: Record) -> dict[str, Any]:
     }
 
 
-#: JSON as the API writes it: compact, UTF-8 as is, no cycle check (bodies are plain data).
-dump_json = functools.partial(
-    json.dumps, ensure_ascii=False, separators=(",", ":"), check_circular=False
-)
+#: JSON as the API writes it: compact, UTF-8 as is, no cycle check (bodies are plain data). One
+#: encoder made once: ``json.dumps`` with options builds a new one per call (1.75 us against 1.0
+#: for a write's small answer).
+dump_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 
 def scan_page(store: Store, prefix: str, after: str, limit: int) -> tuple[list[Record], str | None]:

@@ -15,6 +15,8 @@ KEY_ROUTE = "/v1/keys/"
 
 def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) -> Expect | str:
     """Turn If-Match / If-None-Match into what the store must find before writing."""
+    if "HTTP_IF_MATCH" not in req.env and "HTTP_IF_NONE_MATCH" not in req.env:
+        return default  # the common case, kept cheap
     if_match = _http.parse_etags(req.get_header("If-Match"), "If-Match")
     if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
     if if_match is not None and if_none_match is not None:
@@ -66,13 +68,16 @@ class KeyResource:
         params = _http.query(req.env)
         ttl = _http.integer(params, "ttl", None, 1, MAX_TTL)
         expect = write_condition(req, self.node, key, ANY)
-        if req.content_length is not None:
-            self.node.check_size(req.content_length)  # before a byte of the body is read
+        length = req.content_length
+        if length is not None:
+            self.node.check_size(length)  # before a byte of the body is read
         value = req.bounded_stream.read(self.node.settings.max_value_size + 1)
         record, previous = self.node.put(key, value, req.content_type, ttl, expect)
+        etag = record.etag
         resp.status = falcon.HTTP_200 if previous is not None else falcon.HTTP_201
-        resp.etag = record.etag
-        resp.media = {"key": key, "etag": record.etag}
+        resp.etag = etag
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dump_json({"key": key, "etag": etag}).encode()
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         key = self._key(req)
