@@ -202,9 +202,14 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._work = threading.Condition()  # guards the queue; the committer waits on it
+        self._work = threading.Lock()  # guards the queue, _committing, _idle and _closed
         self._queue: list[_Waiter] = []
         self._committer: threading.Thread | None = None
+        # The committer sleeps on the bell (held) with _idle set; whoever clears _idle rings it.
+        # A plain lock: a threading.Condition's enter, exit, wait and notify are Python code.
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._idle = False
         self._committing = 0  # groups being committed (by the committer, or a writer alone)
         self._last_seq = 0  # committed
         self._pending_seq: int | None = None  # handed out in the open transaction
@@ -397,7 +402,8 @@ class SqliteStore:
                         target=self._commit_loop, name="navistore-sqlite-commit", daemon=True
                     )
                     self._committer.start()
-                self._work.notify()
+                else:
+                    self._ring()
         if alone:
             self._commit_and_finish([waiter], wake=False)
         else:
@@ -412,14 +418,24 @@ class SqliteStore:
         commit itself)."""
         while True:
             with self._work:
-                while not self._queue and not self._closed:
-                    self._work.wait()
-                if not self._queue:
-                    return
                 group = self._queue[:_GROUP_MAX]
-                del self._queue[:_GROUP_MAX]
-                self._committing += 1
-            self._commit_and_finish(group, wake=True)
+                if group:
+                    del self._queue[:_GROUP_MAX]
+                    self._committing += 1
+                elif self._closed:
+                    return
+                else:
+                    self._idle = True
+            if group:
+                self._commit_and_finish(group, wake=True)
+            else:
+                self._bell.acquire()  # until a writer queues up (or the store closes)
+
+    def _ring(self) -> None:
+        """Wake the committer if it sleeps (under ``self._work``)."""
+        if self._idle:
+            self._idle = False
+            self._bell.release()
 
     def _commit_and_finish(self, group: list[_Waiter], wake: bool) -> None:
         try:
@@ -435,7 +451,7 @@ class SqliteStore:
             with self._work:
                 self._committing -= 1
                 if self._queue:
-                    self._work.notify()
+                    self._ring()
             if wake:
                 for waiter in group:
                     waiter.wake()
@@ -590,7 +606,7 @@ class SqliteStore:
     def close(self) -> None:
         with self._work:
             self._closed = True
-            self._work.notify()
+            self._ring()
         if self._committer is not None and self._committer is not threading.current_thread():
             self._committer.join(timeout=10)
         self._cache.clear()
