@@ -166,6 +166,15 @@ class Dispatcher(ThreadedTaskDispatcher):
             return self.queue.popleft(), True
         return None, False
 
+    def crowded(self) -> bool:
+        """Whether requests besides the caller's are in hand, or on their way to a thread.
+
+        Counting the tasks not yet taken matters: the slot a writer gives up in ``pause`` wakes
+        a thread for the next task, which is not admitted until that thread runs, so at 16
+        connections a writer that counted only ``admitted`` mostly found itself alone and
+        committed alone (12,000 of 15,500 writes in 2 s, pinned; now 550)."""
+        return self.admitted > 1 or self.waking > 0 or bool(self.queue)
+
     def pause(self) -> None:
         with self.lock:
             self.running -= 1

@@ -18,8 +18,9 @@ from typing import Protocol
 
 
 class SlotPool(Protocol):
-    #: Ordinary requests taken on and not finished, the current one included.
-    admitted: int
+    def crowded(self) -> bool:
+        """Whether requests besides the current one are in hand or waiting for a thread (a hint,
+        read without a lock)."""
 
     def pause(self) -> None:
         """The current request waits: its slot may go to another request meanwhile."""
@@ -37,11 +38,13 @@ def hold(pool: SlotPool | None) -> None:
 
 
 def crowded() -> bool:
-    """Whether other requests are in hand besides the current one: a hint (read without a lock)
-    that a store may wait for company, to commit several writers at once, rather than commit a
-    write alone. Outside a request that holds a slot, False."""
+    """Whether other requests are in hand besides the current one, or waiting for a thread: a
+    hint (read without a lock) that a store may wait for company, to commit several writers at
+    once, rather than commit a write alone. Outside a request that holds a slot, False (and for
+    a pool that cannot tell)."""
     pool = getattr(_local, "pool", None)
-    return pool is not None and getattr(pool, "admitted", 0) > 1
+    crowded = getattr(pool, "crowded", None)
+    return crowded is not None and crowded()
 
 
 @contextlib.contextmanager

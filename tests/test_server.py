@@ -200,6 +200,44 @@ def test_a_request_waiting_for_a_commit_gives_its_run_slot_to_the_next():
         dispatcher.shutdown(timeout=5)
 
 
+def test_a_request_is_crowded_by_a_task_no_thread_has_taken_yet():
+    """slots.crowded() counts the tasks still queued: with the only thread busy, the next request
+    is not admitted yet, and a writer that looked only at admitted requests would commit alone."""
+    import threading
+
+    from navistore import slots
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=4, running=1)
+    dispatcher.set_thread_count(1)
+    queued, go, seen = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        seen.append(slots.crowded())
+        queued.wait(10)
+        seen.append(slots.crowded())
+        go.wait(10)
+
+    try:
+        dispatcher.add_task(_Task("/v1/keys/a", "", first))
+        while not seen:
+            go.wait(0.01)
+        dispatcher.add_task(_Task("/v1/keys/b", "", lambda: seen.append("second ran")))
+        assert dispatcher.admitted == 1 and len(dispatcher.queue) == 1
+        queued.set()
+        while len(seen) < 2:
+            go.wait(0.01)
+        assert seen == [False, True]
+        assert slots.crowded() is False  # outside a request
+        go.set()
+        while len(seen) < 3:
+            queued.wait(0.01)
+        assert seen[-1] == "second ran"
+    finally:
+        go.set()
+        dispatcher.shutdown(timeout=5)
+
+
 def test_without_waiting_a_request_keeps_its_run_slot():
     import threading
     import time

@@ -326,6 +326,9 @@ def test_a_lone_writer_commits_itself_and_one_among_other_requests_queues(store)
     class Pool:  # the request slots, as navistore.server.Dispatcher keeps them
         admitted = 1
 
+        def crowded(self) -> bool:
+            return self.admitted > 1
+
         def pause(self) -> None:
             pass
 
