@@ -346,3 +346,46 @@ def test_a_lone_writer_commits_itself_and_one_among_other_requests_queues(store)
         assert stored.seq == 2 and store.get("b").value == b"2"
     finally:
         slots.hold(None)
+
+
+def test_the_committer_sleeps_between_writers_and_wakes_for_each(tmp_path):
+    """Writers that queue one after another, each after the committer has gone back to sleep,
+    are each committed (a lost wake-up would leave one waiting for ever), and close() wakes the
+    sleeping committer so that it ends."""
+    from navistore import slots
+
+    class Pool:
+        def crowded(self) -> bool:
+            return True  # every writer queues for the committer
+
+        def pause(self) -> None:
+            pass
+
+        def resume(self) -> None:
+            pass
+
+    store = SqliteStore(str(tmp_path / "t.db"))
+    done: list[int] = []
+
+    def writers() -> None:
+        slots.hold(Pool())
+        try:
+            for i in range(50):
+                stored, _ = store.commit(Record(f"k{i}", b"v", stamp=stamp(i + 1)), ANY)
+                done.append(stored.seq)
+                while not store._idle:  # let the committer go back to sleep
+                    time.sleep(0.0005)
+        finally:
+            slots.hold(None)
+
+    thread = threading.Thread(target=writers, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    try:
+        assert not thread.is_alive(), f"a writer was never woken after {len(done)} commits"
+        assert done == list(range(1, 51))
+        committer = store._committer
+        assert committer is not None and committer.is_alive()  # asleep, not gone
+    finally:
+        store.close()
+    assert not committer.is_alive()
