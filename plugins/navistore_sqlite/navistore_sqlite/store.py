@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import sqlite3
 import threading
@@ -125,6 +126,13 @@ class _Waiter:
         self._wake.release()
 
 
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    """The statement that writes ``rows`` records (made once per size)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES {values}"
+
+
 def _powers_of_two(count: int) -> Iterator[tuple[int, int]]:
     """Split ``count`` rows into (start, size) chunks whose sizes are powers of two up to _CHUNK,
     so a few prepared statements (one per size) serve every group."""
@@ -172,10 +180,9 @@ def _row(row: tuple) -> Record:
 
 def _as_stored(record: Record, seq: int) -> Record:
     """``record`` as a row holds it: its seq, and no value if it is a tombstone."""
-    value = b"" if record.deleted else bytes(record.value or b"")
-    return Record(
-        record.key, value, record.content_type, record.stamp, record.deleted, record.expires_at, seq
-    )
+    key, value, content_type, stamp, deleted, expires_at, _, _ = record
+    value = b"" if deleted else value if type(value) is bytes else bytes(value or b"")
+    return Record._make((key, value, content_type, stamp, deleted, expires_at, seq, len(value)))
 
 
 def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes]]:
@@ -340,19 +347,12 @@ class SqliteStore:
         if count > _ONE_STATEMENT and not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
         for start, size in [(0, count)] if count <= _ONE_STATEMENT else _powers_of_two(count):
-            rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size)
             params: list = []
-            for r in records[start : start + size]:
-                params += (
-                    r.key.encode("utf-8"),
-                    r.value,
-                    r.content_type,
-                    r.stamp,
-                    int(r.deleted),
-                    r.expires_at,
-                    r.seq,
-                )
-            conn.execute(f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES {rows}", params)
+            for key, value, content_type, stamp, deleted, expires, seq, _ in records[
+                start : start + size
+            ]:
+                params += (key.encode("utf-8"), value, content_type, stamp, deleted, expires, seq)
+            conn.execute(_insert_sql(size), params)
 
     # -- the Store protocol ----------------------------------------------------------------
 
