@@ -31,6 +31,7 @@ def test_put_get_head_delete_over_http(server):
     assert created.status == 201
     etag = created.headers["etag"]
     assert created.json() == {"key": "app/db host", "etag": etag}
+    assert created.headers["content-type"] == "application/json"
     got = server.request("GET", "/v1/keys/app/db%20host")
     assert (got.status, got.body, got.headers["content-type"]) == (200, b"10.0.0.5", "text/plain")
     assert got.headers["etag"] == etag
