@@ -432,7 +432,9 @@ class SqliteStore:
                 self._bell.acquire()  # until a writer queues up (or the store closes)
 
     def _ring(self) -> None:
-        """Wake the committer if it sleeps (under ``self._work``)."""
+        """Wake the committer if it sleeps (under ``self._work``). Every writer that queues up
+        rings, and the committer sleeps only after finding the queue empty, under the same lock:
+        so it never sleeps with a writer waiting, and nobody else need ring."""
         if self._idle:
             self._idle = False
             self._bell.release()
@@ -450,8 +452,6 @@ class SqliteStore:
         finally:
             with self._work:
                 self._committing -= 1
-                if self._queue:
-                    self._ring()
             if wake:
                 for waiter in group:
                     waiter.wake()
