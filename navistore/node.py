@@ -358,6 +358,7 @@ class Node:
         ``max_watchers`` (``TooManyWatchers`` beyond it). Commits bump a generation and wake the
         watches; one that wakes after several commits looks at the store once.
         """
+        seen = self._generation  # before the first look: a commit after it ends the wait
         records, last_seq = self.changes(since, limit, prefix, key)
         if records or wait <= 0 or since > last_seq or self.stopping:
             return records, last_seq
@@ -370,8 +371,6 @@ class Node:
             self._watching += 1
         try:
             deadline = time.monotonic() + wait
-            with self._changed:
-                seen = self._generation
             while True:
                 with self._changed:
                     while self._generation == seen and not self.stopping:

@@ -104,3 +104,24 @@ def test_shutting_down_answers_every_watch(client, node):
     for thread, result in waiting:
         thread.join(timeout=5)
         assert result["answer"].status_code == 200 and result["seconds"] < 5
+
+
+def test_a_commit_between_the_first_look_and_the_wait_wakes_the_watch(node):
+    """A write that commits after the watch looked at the store, but before it started waiting,
+    must end the wait: the watch notes the commit generation before it looks."""
+    since = node.last_seq()
+    look = node.changes
+    looks = []
+
+    def changes_then_a_commit(*args, **kwargs):
+        found = look(*args, **kwargs)
+        looks.append(found)
+        if len(looks) == 1:
+            node.put("late", b"committed in the gap")
+        return found
+
+    node.changes = changes_then_a_commit
+    started = time.monotonic()
+    records, _ = node.watch(since=since, wait=5)
+    assert [record.key for record in records] == ["late"]
+    assert time.monotonic() - started < 2
