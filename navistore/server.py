@@ -20,8 +20,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import waitress
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, MultiSocketServer
-from waitress.task import ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.utilities import RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
 from navistore import slots
 from navistore._version import __version__
@@ -30,6 +32,7 @@ from navistore.app import create_app
 from navistore.errors import SettingsError
 from navistore.node import Node, largest_request
 from navistore.settings import Settings
+from navistore.store import dump_json
 
 log = logging.getLogger("navistore")
 
@@ -99,8 +102,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "threads": threads,
         "connection_limit": connection_limit,
         "asyncore_use_poll": connection_limit + 4 * threads + 64 >= FD_SETSIZE,
-        # waitress refuses bodies at or above this in plain text: keep it just above the largest
-        # legal request, so the app answers every oversized-but-plausible request with JSON.
+        # waitress refuses bodies at or above this itself, unread (JsonErrorTask), before the app
+        # can say which limit a request broke: keep it just above the largest legal request.
         "max_request_body_size": largest_request(settings) + 64 * 1024,
         "max_request_header_size": 64 * 1024,
         "channel_timeout": 60,
@@ -245,13 +248,57 @@ class Dispatcher(ThreadedTaskDispatcher):
         return super().shutdown(cancel_pending, timeout)
 
 
+class JsonErrorTask(ErrorTask):
+    """waitress's own answer to a request it does not hand to the app (malformed: 400; over its
+    caps: 413, 431; a Transfer-Encoding it cannot decode: 501), in JSON like every other error.
+    waitress wrote these in plain text."""
+
+    max_value_size = 0  # set per server, see json_error_channel
+
+    def execute(self) -> None:
+        error = self.request.error
+        adj = self.channel.server.adj
+        if isinstance(error, RequestEntityTooLarge):
+            description = (
+                f"the request body reaches {adj.max_request_body_size} bytes, the most this "
+                f"server reads for one request; a value may be at most {self.max_value_size} "
+                "bytes (max_value_size)"
+            )
+        elif isinstance(error, RequestHeaderFieldsTooLarge):
+            description = (
+                f"the request's headers reach {adj.max_request_header_size} bytes, the most "
+                "this server reads"
+            )
+        else:
+            description = f"the request cannot be read: {error.body}"
+        body = dump_json({"title": error.reason, "description": description}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+def json_error_channel(settings: Settings) -> type[HTTPChannel]:
+    """waitress's connection class, answering what it refuses with ``JsonErrorTask``."""
+    task = type("JsonErrorTask", (JsonErrorTask,), {"max_value_size": settings.max_value_size})
+    return type("JsonErrorChannel", (HTTPChannel,), {"error_task_class": task})
+
+
 def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
     options = server_options(settings)
     dispatcher = Dispatcher(ordinary=settings.threads)
     dispatcher.set_thread_count(options["threads"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # send_bytes, see SEND_BYTES
-        return waitress.create_server(app, _dispatcher=dispatcher, **options)
+        server = waitress.create_server(app, _dispatcher=dispatcher, **options)
+    channel = json_error_channel(settings)
+    # Each listening socket has a server in the socket map (several behind a MultiSocketServer).
+    socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
+    for listener in list(socket_map.values()):
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = channel
+    return server
 
 
 def poll_once(server: Any, timeout: float) -> None:

@@ -170,20 +170,55 @@ def test_the_bad_input_table_is_wide(server):
     assert len(BAD_INPUTS) >= 70
 
 
+def raw_answer(server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is on a new connection; (status, headers, body) of the answer."""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 def test_waitress_refuses_only_bodies_past_the_largest_legal_request(server):
     # Over the value limit but under waitress's cap: our JSON 413.
     assert server.request("PUT", "/v1/keys/x", b"x" * (2 * 1024 * 1024)).status == 413
-    # At waitress's cap (8 MiB + 64 KiB): waitress answers, from the Content-Length, unread.
-    sock = socket.create_connection((server.host, server.port))
-    sock.sendall(b"PUT /v1/keys/x HTTP/1.1\r\nHost: x\r\nContent-Length: 8454144\r\n\r\n")
-    answer = sock.recv(4096)
-    sock.close()
-    assert answer.startswith(b"HTTP/1.1 413")
+    # At waitress's cap (8 MiB + 64 KiB): waitress answers, from the Content-Length, unread, in
+    # JSON like the app, naming the cap and the value limit.
+    status, headers, body = raw_answer(
+        server, b"PUT /v1/keys/x HTTP/1.1\r\nHost: x\r\nContent-Length: 8454144\r\n\r\n"
+    )
+    assert status == 413 and headers["content-type"] == "application/json"
+    description = json.loads(body)["description"]
+    assert "8454144" in description and "max_value_size" in description
+    assert "1048576" in description
+    assert server.request("GET", "/v1/keys/x").status == 404
+
+
+@pytest.mark.parametrize(
+    "framing, status, named",
+    [
+        (b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400, "chunk size"),
+        (b"Content-Length: -5\r\n\r\nabc", 400, "Content-Length"),
+        (b"Content-Length: 3\r\nBad Header\r\n\r\nabc", 400, "header"),
+        (b"Transfer-Encoding: gzip\r\n\r\nabc", 501, "Transfer-Encoding"),
+    ],
+)
+def test_requests_waitress_cannot_parse_get_json_errors(server, framing, status, named):
+    answer = raw_answer(server, b"PUT /v1/keys/x HTTP/1.1\r\nHost: x\r\n" + framing)
+    assert answer[0] == status and answer[1]["content-type"] == "application/json"
+    assert named in json.loads(answer[2])["description"]
+    assert server.request("GET", "/v1/keys/x").status == 404
 
 
 def test_oversized_headers_are_refused(server):
     answer = server.request("GET", "/v1/keys/p", headers={"X-Big": "x" * (70 * 1024)})
     assert answer.status == 431
+    assert answer.headers["content-type"] == "application/json"
+    assert "65536" in answer.json()["description"]
     assert server.request("GET", "/v1/keys/p").status == 200
 
 

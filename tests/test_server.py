@@ -9,9 +9,11 @@ from pathlib import Path
 
 import falcon
 import pytest
+from waitress.server import BaseWSGIServer, MultiSocketServer
 
+import navistore.server
 from navistore.node import largest_request
-from navistore.server import SEND_BYTES, make_server, server_options
+from navistore.server import SEND_BYTES, JsonErrorTask, make_server, server_options
 from navistore.settings import Settings
 from navistore.testing.servers import ServerProcess
 
@@ -51,6 +53,32 @@ def test_send_bytes_is_in_effect():
         assert len(server.task_dispatcher.threads) == server.adj.threads
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("sockets", [1, 2])
+def test_every_listening_socket_answers_waitress_errors_in_json(monkeypatch, sockets):
+    # Several sockets ("localhost" where it is both 127.0.0.1 and ::1) make a MultiSocketServer,
+    # one waitress server per socket; each must have our channel. What it answers is tested end
+    # to end in test_reliability.
+    def two_sockets(settings):
+        options = server_options(settings)
+        del options["host"], options["port"]
+        return {**options, "listen": "127.0.0.1:0 127.0.0.1:0"}
+
+    if sockets == 2:
+        monkeypatch.setattr(navistore.server, "server_options", two_sockets)
+    server = make_server(falcon.App(), Settings(port=0, max_value_size=1000))
+    socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
+    listeners = [x for x in socket_map.values() if isinstance(x, BaseWSGIServer)]
+    try:
+        assert len(listeners) == sockets
+        for listener in listeners:
+            task = listener.channel_class.error_task_class
+            assert issubclass(task, JsonErrorTask) and task.max_value_size == 1000
+    finally:
+        for listener in listeners:
+            listener.close()
+        server.task_dispatcher.shutdown()
 
 
 class _Task:
