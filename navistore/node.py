@@ -137,7 +137,7 @@ class Node:
             self._make_replication()
             subscribe = getattr(self.store, "subscribe", None)
             if callable(subscribe):
-                subscribe(self._changed_elsewhere)
+                subscribe(self._changed_outside)
         except BaseException:
             self.store.close()
             raise
@@ -565,8 +565,10 @@ class Node:
             self.committed(stored, origin)
         return stored
 
-    def _changed_elsewhere(self) -> None:
-        """Another node committed to the store we share: wake watches and replication."""
+    def _changed_outside(self) -> None:
+        """The store changed other than by a commit of ours (another node committed to the store
+        we share, or a purge turned expired records into tombstones): wake watches and
+        replication."""
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
@@ -592,6 +594,8 @@ class Node:
         now = time.time() if now is None else now
         grace = self.settings.tombstone_grace if grace is None else grace
         expired = self.store.purge(now, 0, "")
+        if expired:  # each expiry is now a tombstone, a change in the feed
+            self._changed_outside()
         upto = self.store.last_seq()
         if self.replication is not None and hasattr(self.replication, "purge_upto"):
             upto = min(upto, self.replication.purge_upto())

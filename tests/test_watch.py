@@ -125,3 +125,17 @@ def test_a_commit_between_the_first_look_and_the_wait_wakes_the_watch(node):
     records, _ = node.watch(since=since, wait=5)
     assert [record.key for record in records] == ["late"]
     assert time.monotonic() - started < 2
+
+
+def test_an_expiry_wakes_a_watch_when_the_purge_turns_it_into_a_tombstone(client, node):
+    client.simulate_put("/v1/keys/lease", body=b"held", params={"ttl": "1"})
+    since = node.last_seq()
+    thread, result = watch_in_thread(client, f"since={since}&key=lease&wait=20")
+    time.sleep(1.3)
+    assert thread.is_alive()  # expired, but not yet a change: the purge makes the tombstone
+    node.purge()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the watch slept through the expiry"
+    changes = result["answer"].json["changes"]
+    assert [(c["key"], c["deleted"]) for c in changes] == [("lease", True)]
+    assert result["seconds"] < 5
