@@ -577,13 +577,16 @@ class SqliteStore:
             conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
+        """Expired records become tombstones, old tombstones go. The read cache loses the keys
+        that expired (Node purges expiries as they fall due, up to once a second), and all of its
+        entries only when tombstones were dropped (a cached tombstone would outlive its row)."""
         with self._cache.committing(), self._writing() as conn:
-            self._cache.clear()
             expired = conn.execute(
                 "SELECT key FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
                 "AND expires_at <= ? ORDER BY seq",
                 (now,),
             ).fetchall()
+            self._cache.take([key.decode("utf-8") for (key,) in expired])
             if expired:
                 first = self._next_seqs(len(expired))
                 conn.executemany(
@@ -595,12 +598,13 @@ class SqliteStore:
                 "DELETE FROM records WHERE deleted = 1 AND seq <= ? AND stamp < ?",
                 (tombstones_upto_seq, tombstones_before_stamp),
             ).rowcount
+            if dropped:
+                self._cache.clear()
             # The newest seq may have gone with a tombstone: keep it, so it is never reused.
             conn.execute(
                 "UPDATE counter SET last_seq = ? WHERE id = 1",
                 (self._last_seq if self._pending_seq is None else self._pending_seq,),
             )
-        self._cache.clear()
         return len(expired) + dropped
 
     def close(self) -> None:

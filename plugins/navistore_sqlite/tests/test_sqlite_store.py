@@ -169,6 +169,23 @@ def test_the_read_cache_follows_deletes_merges_and_purges(store):
     assert store.get("e") is None
 
 
+def test_a_purge_of_expiries_keeps_the_other_keys_cached(store):
+    # Node purges expiries as they fall due (up to once a second): each must not empty the cache.
+    store.commit(Record("stays", b"1", stamp=stamp(1)), ANY)
+    store.commit(Record("goes", b"2", stamp=stamp(2), expires_at=10.0**10), ANY)
+    store.commit(Record("gone", deleted=True, stamp=stamp(3)), ANY)
+    assert store._cache.lookup("stays") is not MISS
+    assert store.purge(10.0**10 + 1, 0, "") == 1  # one expiry, no tombstone dropped
+    assert store._cache.lookup("stays") is not MISS
+    assert store._cache.lookup("goes") is MISS and store.get("goes") is None
+    (tomb,) = [r for r in store.changes(0) if r.key == "goes"]
+    assert tomb.deleted and tomb.seq == store.last_seq()
+    # Dropping tombstones empties it: a cached tombstone would outlive its row.
+    assert store.purge(10.0**10 + 1, store.last_seq(), stamp(10)) == 2
+    assert store._cache.lookup("stays") is MISS
+    assert store.get("stays").value == b"1"
+
+
 def test_the_read_cache_keeps_to_its_budget_dropping_the_oldest_first():
     cache = ReadCache(budget_bytes=10_000)
     records = [Record(f"k{i:03d}", b"x" * 100, stamp=stamp(i)) for i in range(200)]
