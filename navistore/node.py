@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import logging
 import re
@@ -59,6 +60,10 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 MAX_CONTENT_TYPE = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STALE_RETRIES = 8
+#: Expiries are purged this long apart at the least (each purge is a write transaction).
+EXPIRY_GRANULARITY = 1.0
+#: Expiry times remembered for a prompt purge; past this many, expiries wait for the regular purge.
+MAX_TRACKED_EXPIRIES = 100_000
 
 # Meta names the core owns; plugins should prefix theirs with their own name.
 META_NODE_ID = "navistore.node_id"
@@ -128,6 +133,12 @@ class Node:
         self._generation = 0  # bumped by every commit, under _changed
         self._watch_lock = threading.Lock()
         self._watching = 0
+        # Expiry times of records committed through this node, soonest first, so that the purge
+        # loop turns them into tombstones (changes a watch sees) when they fall due rather than
+        # at the next regular purge. The event tells the loop of a sooner one.
+        self._expiries: list[float] = []
+        self._expiries_lock = threading.Lock()
+        self._expiry_noted = threading.Event()
         self._purger: threading.Thread | None = None
         try:
             self.node_id = self._node_id()
@@ -197,6 +208,7 @@ class Node:
     def begin_shutdown(self) -> None:
         """Wake every waiting watch so it answers now; new watches answer at once."""
         self._stopping.set()
+        self._expiry_noted.set()  # the purge loop sleeps on it
         with self._changed:
             self._changed.notify_all()
 
@@ -581,6 +593,8 @@ class Node:
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
+        if record.expires_at is not None:
+            self._note_expiry(record.expires_at)
         try:
             self._committed_hook(node=self, record=record, origin=origin)
         except Exception:  # the write is committed; a plugin's failure must not undo the answer
@@ -588,14 +602,21 @@ class Node:
 
     # -- housekeeping -----------------------------------------------------------------------
 
+    def expire(self, now: float | None = None) -> int:
+        """Turn the records expired by ``now`` into tombstones, and wake the watches: each is a
+        change in the feed. Return how many."""
+        now = time.time() if now is None else now
+        expired = self.store.purge(now, 0, "")
+        if expired:
+            self._changed_outside()
+        return expired
+
     def purge(self, now: float | None = None, grace: float | None = None) -> int:
         """Expire records into tombstones, then drop tombstones every peer has and that are older
         than ``grace`` seconds. Record how far the change feed is now incomplete."""
         now = time.time() if now is None else now
         grace = self.settings.tombstone_grace if grace is None else grace
-        expired = self.store.purge(now, 0, "")
-        if expired:  # each expiry is now a tombstone, a change in the feed
-            self._changed_outside()
+        expired = self.expire(now)
         upto = self.store.last_seq()
         if self.replication is not None and hasattr(self.replication, "purge_upto"):
             upto = min(upto, self.replication.purge_upto())
@@ -607,12 +628,47 @@ class Node:
                 self.store.meta_set(META_PURGED_SEQ, str(upto))
         return expired + dropped
 
+    def _note_expiry(self, expires_at: float) -> None:
+        with self._expiries_lock:
+            if len(self._expiries) >= MAX_TRACKED_EXPIRIES:
+                return  # the regular purge takes it
+            heapq.heappush(self._expiries, expires_at)
+            if self._expiries[0] == expires_at:  # sooner than the purge loop sleeps for
+                self._expiry_noted.set()
+
     def _purge_loop(self) -> None:
-        while not self._stopping.wait(self.settings.purge_interval):
+        """The regular purge every ``purge_interval``, and in between, a purge of expiries as they
+        fall due (those this node committed; at most one every ``EXPIRY_GRANULARITY`` seconds)."""
+        next_purge = time.monotonic() + self.settings.purge_interval
+        earliest = 0.0  # monotonic time the next expiry purge may run
+        while True:
+            self._expiry_noted.clear()
+            with self._expiries_lock:
+                soonest = self._expiries[0] if self._expiries else None
+            wake = next_purge
+            if soonest is not None:
+                due = time.monotonic() + max(0.0, soonest - time.time())
+                wake = min(wake, max(due, earliest))
+            self._expiry_noted.wait(max(0.0, wake - time.monotonic()))
+            if self._stopping.is_set():
+                return
+            now = time.time()
             try:
-                self.purge()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + self.settings.purge_interval
+                    self.purge(now)
+                elif soonest is not None and time.monotonic() >= wake:
+                    earliest = time.monotonic() + EXPIRY_GRANULARITY
+                    self.expire(now)
+                else:
+                    continue  # a sooner expiry was noted: sleep again, less
             except Exception:
                 log.exception("purge failed; will try again")
+                earliest = time.monotonic() + self.settings.purge_interval  # not every second
+                continue
+            with self._expiries_lock:  # purged: forget what fell due by then
+                while self._expiries and self._expiries[0] <= now:
+                    heapq.heappop(self._expiries)
 
     # -- reporting --------------------------------------------------------------------------
 

@@ -163,7 +163,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
     Setting("log_format", _choice("text", "json"), "text", "access and server log format"),
     Setting("access_log", _boolean, False, "log a line per request on stderr (true or false)"),
-    Setting("purge_interval", _int_between(1, 86400), 60, "seconds between purges of expired keys"),
+    Setting(
+        "purge_interval",
+        _int_between(1, 86400),
+        60,
+        "seconds between purges of tombstones (and of expiries not purged as they fell due)",
+    ),
     Setting(
         "tombstone_grace",
         _int_between(0, 10 * 365 * 86400),

@@ -244,3 +244,14 @@ def test_status(node):
     status = node.status()
     assert status["backend"] == "sqlite" and status["replicator"] is None
     assert parse_stamp(node.clock.now())[2] == status["node_id"]
+
+
+def test_the_expiry_times_kept_for_a_prompt_purge_are_bounded(node, monkeypatch):
+    import navistore.node
+
+    monkeypatch.setattr(navistore.node, "MAX_TRACKED_EXPIRIES", 3)
+    for n in range(5):
+        node.put(f"k{n}", b"v", ttl=100 + n)
+    node.put("plain", b"v")
+    # past the bound, expiries wait for the regular purge
+    assert sorted(node._expiries) == [pytest.approx(time.time() + 100 + n, abs=5) for n in range(3)]

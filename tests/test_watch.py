@@ -139,3 +139,25 @@ def test_an_expiry_wakes_a_watch_when_the_purge_turns_it_into_a_tombstone(client
     changes = result["answer"].json["changes"]
     assert [(c["key"], c["deleted"]) for c in changes] == [("lease", True)]
     assert result["seconds"] < 5
+
+
+def test_a_watch_sees_an_expiry_within_seconds_not_at_the_next_regular_purge(make_node):
+    node = make_node(purge_interval=3600)
+    node.start()
+    client = falcon.testing.TestClient(create_app(node))
+    client.simulate_put("/v1/keys/lease/a", body=b"held", params={"ttl": "1"})
+    client.simulate_put("/v1/keys/lease/b", body=b"held", params={"ttl": "2"})
+    since = node.last_seq()
+    thread, result = watch_in_thread(client, f"since={since}&prefix=lease/&wait=20")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the expiry waited for the regular purge"
+    first = result["answer"].json["changes"]
+    assert [(c["key"], c["deleted"]) for c in first] == [("lease/a", True)]
+    assert 0.5 < result["seconds"] < 4
+    # The later expiry is not forgotten once the first is purged.
+    thread, result = watch_in_thread(client, f"since={first[-1]['seq']}&prefix=lease/&wait=20")
+    thread.join(timeout=10)
+    assert [(c["key"], c["deleted"]) for c in result["answer"].json["changes"]] == [
+        ("lease/b", True)
+    ]
+    assert result["seconds"] < 4
