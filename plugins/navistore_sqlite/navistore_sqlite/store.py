@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_expiry ON records (expires_at)
     WHERE expires_at IS NOT NULL AND deleted = 0;
+CREATE INDEX IF NOT EXISTS records_tombstones ON records (seq) WHERE deleted = 1;
 CREATE TABLE IF NOT EXISTS counter (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     last_seq INTEGER NOT NULL
@@ -60,6 +61,9 @@ CREATE TABLE IF NOT EXISTS counter (
 INSERT OR IGNORE INTO counter (id, last_seq) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# records_tombstones serves the purge that drops old tombstones: without it, that DELETE walked
+# every record by seq, 290-550 ms on 1,000,000 keys under the write lock, every purge_interval.
+# Opening a database made before it builds it (62 ms for 1,000,000 records).
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 # A listing entry (navistore.store.listing_entry) in sqlite's JSON. Keys are valid UTF-8.

@@ -406,3 +406,20 @@ def test_the_committer_sleeps_between_writers_and_wakes_for_each(tmp_path):
     finally:
         store.close()
     assert not committer.is_alive()
+
+
+def test_dropping_old_tombstones_reads_only_tombstones(store):
+    # The regular purge runs under the write lock: walking every record by seq stalled every
+    # writer for 290-550 ms on 1,000,000 keys. Count the rows sqlite visits for it.
+    for n in range(2000):
+        store.commit(Record(f"k{n:04d}", b"v", stamp=stamp(n)), ANY)
+    store.commit(Record("k0000", deleted=True, stamp=stamp(5000)), ANY)
+    conn = store._conn()
+    visited = []
+    conn.set_progress_handler(lambda: visited.append(1), 1)  # once per virtual machine step
+    try:
+        assert store.purge(0.0, store.last_seq(), stamp(9000)) == 1
+    finally:
+        conn.set_progress_handler(None, 1)
+    assert 0 < len(visited) < 500  # 69 with the tombstones index, 12,063 without
+    assert store.get("k0000") is None and store.get("k0001").value == b"v"
