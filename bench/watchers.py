@@ -1,11 +1,13 @@
-"""What waiting watches cost: plain GET throughput with 0 and with 50 watches waiting.
+"""What waiting watches cost: GET and PUT throughput with 0 and with 50 watches waiting.
 
     python bench/watchers.py [--seconds 5] [--watchers 50]
 
 Starts `navistore serve` (sqlite, 8 threads, room for the watches), loads 1,000 keys, and drives
 GETs with wrk (16 connections) three times in the same run: with no watch waiting (the baseline),
 with 50 watches waiting on a prefix nobody writes, and with 50 watches on a prefix written 20
-times a second (each write wakes them all). Prints req/s, p50, p99 and the ratio to the baseline.
+times a second (each write wakes them all). Then PUTs to those 1,000 keys, with no watch waiting
+and with 50 watches waiting on another prefix (a write must not wake them). Prints req/s, p50,
+p99 and the ratio to each baseline.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def main() -> None:
     _wrk.ensure_wrk()
     folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
     server = ServerProcess(["--threads", "8", "--max-watchers", str(args.watchers + 8)], folder)
-    results = {}
+    results: dict[str, _wrk.Result] = {}
+    writes: dict[str, _wrk.Result] = {}
     try:
         client = Client(server.url)
         for start in range(0, 1000, 128):
@@ -104,13 +107,24 @@ def main() -> None:
         )
         stop.set()
         ticker.join()
+
+        put = _wrk.put_random_keys("k/", 1000)
+        writes["no watchers"] = _wrk.run(server.url, put, 16, args.seconds)
+        stop = threading.Event()
+        start_watchers(server.url, args.watchers, "quiet/", stop)
+        while waiting(client) < args.watchers and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+        writes[f"{args.watchers} watchers elsewhere"] = _wrk.run(server.url, put, 16, args.seconds)
+        stop.set()
+        client.put("quiet/stop", b"")
     finally:
         server.stop()
-    base = results["no watchers"].requests_per_second
-    print(f"GET, 1,000 keys, wrk -c16, {args.seconds:g} s each, same server, same run")
-    for label, result in results.items():
-        ratio = result.requests_per_second / base
-        print(f"  {label:<28} {result.row()}  {ratio:5.2f}x  errors {result.errors}")
+    for name, runs in (("GET", results), ("PUT", writes)):
+        base = runs["no watchers"].requests_per_second
+        print(f"{name}, 1,000 keys, wrk -c16, {args.seconds:g} s each, same server, same run")
+        for label, result in runs.items():
+            ratio = result.requests_per_second / base
+            print(f"  {label:<28} {result.row()}  {ratio:5.2f}x  errors {result.errors}")
 
 
 if __name__ == "__main__":
