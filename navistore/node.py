@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from navistore import slots
@@ -591,11 +591,11 @@ class Node:
             self.committed(stored, origin)
         return stored
 
-    def _changed_outside(self) -> None:
-        """The store changed other than by a commit of ours (another node committed to the store
-        we share, or a purge turned expired records into tombstones): wake watches and
-        replication."""
-        self._wake_watches(None)
+    def _changed_outside(self, keys: Iterable[str] | None = None) -> None:
+        """The store changed other than by a commit of ours (another node committed ``keys`` to
+        the store we share, or a purge turned expired records into tombstones): wake the watches
+        on those keys (None: every watch), and replication."""
+        self._wake_watches(keys)
         wake = getattr(self.replication, "wake", None)
         if callable(wake):
             wake()
@@ -603,7 +603,7 @@ class Node:
     def committed(self, record: Record, origin: str) -> None:
         """Tell plugins and waiting watches about a commit."""
         if self._key_watches or self._prefix_watches:  # a watch registers before it looks
-            self._wake_watches(record.key)
+            self._wake_watches((record.key,))
         if record.expires_at is not None:
             self._note_expiry(record.expires_at)
         try:
@@ -611,15 +611,17 @@ class Node:
         except Exception:  # the write is committed; a plugin's failure must not undo the answer
             log.exception("a navistore_committed hook failed for %r", record.key)
 
-    def _wake_watches(self, key: str | None) -> None:
-        """Wake the watches on ``key`` or on a prefix of it (None: every watch)."""
+    def _wake_watches(self, keys: Iterable[str] | None) -> None:
+        """Wake the watches on any of ``keys`` or on a prefix of one (None: every watch)."""
         with self._watch_lock:
-            if key is None:
+            if keys is None:
                 groups = [*self._key_watches.values(), *self._prefix_watches.values()]
             else:
-                groups = [g for name, g in self._prefix_watches.items() if key.startswith(name)]
-                if key in self._key_watches:
-                    groups.append(self._key_watches[key])
+                groups = []
+                for key in keys:
+                    groups += [g for p, g in self._prefix_watches.items() if key.startswith(p)]
+                    if key in self._key_watches:
+                        groups.append(self._key_watches[key])
             for group in groups:
                 for woken in group:
                     woken.set()

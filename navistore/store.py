@@ -10,8 +10,10 @@ Optional methods, which the Node uses when a backend has them:
 - ``claim_node_id(node_id)`` (stores that several nodes share): hold a node id while this process
   runs, raising ``SettingsError`` when a live node holds it. The Node then generates an id per
   process instead of keeping one in the (shared) meta.
-- ``subscribe(callback)`` (shared stores): call ``callback()`` after commits made by any node,
-  so watches and replication wake on other nodes' writes.
+- ``subscribe(callback)`` (shared stores): call ``callback(keys)`` after commits made by other
+  nodes, so watches and replication wake on their writes. ``keys`` are the keys the commit wrote
+  (only the watches on them wake), or None when the store cannot name them (every watch wakes).
+  Calling it for this node's own commits as well is harmless, but wasted: the Node saw them.
 - ``scan_listing(prefix, after, limit) -> (entries, next)``: a listing page of live keys as
   ``scan(prefix, after, limit, values=False)`` would return it, already as JSON text: ``entries``
   is the JSON array of ``listing_entry(record)`` for each record, ``next`` the page's last key when

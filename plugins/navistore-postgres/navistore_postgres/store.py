@@ -6,8 +6,10 @@ gap-free: a seq is taken inside the committing transaction, so no record with a 
 commit after one with a higher seq is visible. (A PostgreSQL sequence hands numbers out in call
 order, not commit order: a reader of ``changes(since)`` could skip a record that commits late.)
 
-Each commit sends ``NOTIFY`` on the store's channel; a listener thread wakes the Node's watches and
-replication, so a watch on one node wakes on a write made through another.
+Each commit sends ``NOTIFY`` on the store's channel, naming the store instance that made it and
+the keys it wrote; a listener thread on every other node wakes the watches on those keys, and
+replication, so a watch on one node wakes on a write made through another (and only on a write
+it asked about).
 
 Keys are stored as ``bytea`` (bytewise order, as UTF-8), stamps with the "C" collation (bytewise
 too), values as ``bytea``. The schema is created on first use and versioned in the meta table.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import socket
@@ -74,6 +77,44 @@ CREATE TABLE IF NOT EXISTS {s}.nodes (
 );
 """
 _MIGRATIONS: dict[int, str] = {}
+#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more. A commit whose keys do not fit
+#: notifies without them, and wakes every watch.
+NOTIFY_PAYLOAD_BYTES = 7900
+
+
+class _Writes:
+    """What a write transaction wrote: its newest seq, and the keys, for the notification."""
+
+    def __init__(self, seq: int) -> None:
+        self.first = self.seq = seq
+        self.keys: list[str] = []
+
+    def next_seq(self, key: str) -> int:
+        self.seq += 1
+        self.keys.append(key)
+        return self.seq
+
+
+def notice(instance: str, seq: int, keys: Sequence[str]) -> str:
+    """The NOTIFY payload of a commit: who made it, its newest seq and its keys (None when they
+    would not fit, which means "any key")."""
+    payload = json.dumps({"from": instance, "seq": seq, "keys": list(keys)}, ensure_ascii=False)
+    if len(payload.encode("utf-8")) > NOTIFY_PAYLOAD_BYTES:
+        payload = json.dumps({"from": instance, "seq": seq, "keys": None})
+    return payload
+
+
+def read_notice(payload: str) -> tuple[str | None, list[str] | None]:
+    """(the instance that committed, the keys written) from a NOTIFY payload; (None, None) for one
+    this version cannot read (an older plugin's bare seq, say): someone wrote something."""
+    try:
+        data = json.loads(payload)
+        sender, keys = data["from"], data["keys"]
+    except (ValueError, TypeError, KeyError):
+        return None, None
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        keys = None
+    return (sender if isinstance(sender, str) else None), keys
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -241,18 +282,19 @@ class PostgresStore:
             raise _translate(exc) from exc
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[tuple[psycopg.Cursor, list[int]]]:
-        """A write transaction holding the counter lock; yields (cursor, [last_seq])."""
+    def _writing(self) -> Iterator[tuple[psycopg.Cursor, _Writes]]:
+        """A write transaction holding the counter lock; yields (cursor, writes): take each
+        record's seq from ``writes.next_seq(key)``."""
         with self._transaction() as cur:
             cur.execute(self._sql("SELECT last_seq FROM {s}.counter WHERE id = 1 FOR UPDATE"))
-            last = [cur.fetchone()[0]]
-            start = last[0]
-            yield cur, last
-            if last[0] != start:
+            writes = _Writes(cur.fetchone()[0])
+            yield cur, writes
+            if writes.keys:
                 cur.execute(
-                    self._sql("UPDATE {s}.counter SET last_seq = %s WHERE id = 1"), (last[0],)
+                    self._sql("UPDATE {s}.counter SET last_seq = %s WHERE id = 1"), (writes.seq,)
                 )
-                cur.execute("SELECT pg_notify(%s, %s)", (self._channel, str(last[0])))
+                payload = notice(self._instance, writes.seq, writes.keys)
+                cur.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         if self._closed.is_set():
@@ -309,16 +351,15 @@ class PostgresStore:
             return []
         now = time.time()
         results = []
-        with self._writing() as (cur, last):
+        with self._writing() as (cur, writes):
             for index, (record, expect) in enumerate(items):
                 stored = self._stored(cur, record.key.encode("utf-8"))
                 live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
-                last[0] += 1
-                results.append((self._write(cur, record, last[0]), live))
+                results.append((self._write(cur, record, writes.next_seq(record.key)), live))
         return results
 
     def merge(self, record: Record) -> Record | None:
-        with self._writing() as (cur, last):
+        with self._writing() as (cur, writes):
             cur.execute(
                 self._sql("SELECT stamp FROM {s}.records WHERE key = %s"),
                 (record.key.encode("utf-8"),),
@@ -326,8 +367,7 @@ class PostgresStore:
             row = cur.fetchone()
             if row is not None and record.stamp <= row[0]:
                 return None
-            last[0] += 1
-            return self._write(cur, record, last[0])
+            return self._write(cur, record, writes.next_seq(record.key))
 
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
@@ -395,7 +435,7 @@ class PostgresStore:
             )
 
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
-        with self._writing() as (cur, last):
+        with self._writing() as (cur, writes):
             cur.execute(
                 self._sql(
                     "SELECT key FROM {s}.records WHERE NOT deleted AND expires_at IS NOT NULL "
@@ -405,13 +445,12 @@ class PostgresStore:
             )
             expired = [row[0] for row in cur.fetchall()]
             for key in expired:
-                last[0] += 1
                 cur.execute(
                     self._sql(
                         "UPDATE {s}.records SET deleted = true, value = ''::bytea, "
                         "expires_at = NULL, seq = %s WHERE key = %s"
                     ),
-                    (last[0], key),
+                    (writes.next_seq(bytes(key).decode("utf-8")), key),
                 )
             cur.execute(
                 self._sql("DELETE FROM {s}.records WHERE deleted AND seq <= %s AND stamp < %s"),
@@ -485,9 +524,15 @@ class PostgresStore:
             except Exception as exc:  # the database is away: try again at the next beat
                 log.warning("node heartbeat failed: %s", exc)
 
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` after every commit on this database, by any node."""
+    def subscribe(self, callback: Callable[[Sequence[str] | None], None]) -> None:
+        """Call ``callback(keys)`` after every commit on this database by another node (another
+        store instance): ``keys`` are the keys it wrote, or None for "any key" (too many keys to
+        name, or the listener reconnected and may have missed commits)."""
         self._listeners.append(callback)
+
+    def _tell(self, keys: Sequence[str] | None) -> None:
+        for callback in list(self._listeners):
+            callback(keys)
 
     def _listen(self) -> None:
         """LISTEN on the store's channel, reconnecting when the connection drops."""
@@ -495,12 +540,15 @@ class PostgresStore:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {self._channel}")
+                    # Commits made while nobody listened went unheard: anything may have changed.
+                    self._tell(None)
                     while not self._closed.is_set():
-                        # Back at once on the first notification; at least twice a second to
-                        # see whether the store is closing.
-                        if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
-                            for callback in list(self._listeners):
-                                callback()
+                        # Back at once on a notification; at least twice a second to see whether
+                        # the store is closing.
+                        for notification in conn.notifies(timeout=0.5, stop_after=1):
+                            sender, keys = read_notice(notification.payload)
+                            if sender != self._instance:  # the Node saw its own commits
+                                self._tell(keys)
             except Exception as exc:  # the database went away: listen again soon
                 if not self._closed.is_set():
                     log.warning("LISTEN on %s failed (%s); retrying", self._channel, exc)

@@ -94,3 +94,110 @@ def test_a_watch_on_one_node_wakes_on_a_write_through_another(fresh_url, nodes):
     thread.join(timeout=10)
     assert [r.key for r in result["changes"]] == ["cfg/x"]
     assert result["seconds"] < 2
+
+
+def test_a_watch_wakes_only_on_the_other_nodes_writes_it_asked_about(fresh_url, nodes):
+    """Each node's listener hears every commit on the database. Before notifications named their
+    keys, each one woke every watch on every node, and each watch queried the database again."""
+    url = fresh_url()
+    watcher_node, writer_node = nodes(url), nodes(url)
+    look = watcher_node.changes
+    looks = []
+
+    def counted(*args, **kwargs):
+        looks.append(args)
+        return look(*args, **kwargs)
+
+    watcher_node.changes = counted
+    since = watcher_node.last_seq()
+    results = {}
+    watches = [
+        threading.Thread(
+            target=lambda: results.update(key=watcher_node.watch(since, key="w/one", wait=10))
+        ),
+        threading.Thread(
+            target=lambda: results.update(prefix=watcher_node.watch(since, prefix="w/", wait=10))
+        ),
+    ]
+    for thread in watches:
+        thread.start()
+    time.sleep(0.3)
+    assert len(looks) == 2
+    for n in range(20):
+        writer_node.put(f"k/{n}", b"elsewhere")
+    writer_node.batch([{"op": "put", "key": f"b/{n}", "value": "eA=="} for n in range(3)])
+    time.sleep(0.5)  # time for the listener to hear them
+    assert len(looks) == 2, "a watch looked again after writes to keys it does not watch"
+    writer_node.put("w/one", b"this one")
+    for thread in watches:
+        thread.join(timeout=5)
+    assert [r.key for r in results["key"][0]] == ["w/one"]
+    assert [r.key for r in results["prefix"][0]] == ["w/one"]
+    assert len(looks) == 4
+
+
+def test_the_listener_hears_other_nodes_keys_and_not_its_own_commits(fresh_url, nodes):
+    url = fresh_url()
+    first, second = nodes(url), nodes(url)
+    heard = []
+    first.store.subscribe(heard.append)
+    time.sleep(0.3)
+    heard.clear()  # the listener may have just (re)connected: a None
+    first.put("mine", b"1")
+    first.delete("mine")
+    second.put("theirs", b"1")
+    second.batch([{"op": "put", "key": "b/1", "value": "eA=="}, {"op": "delete", "key": "theirs"}])
+    second.store.purge(time.time(), 0, "")  # nothing expired: no commit, nothing to hear
+    deadline = time.monotonic() + 5
+    while len(heard) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert heard == [["theirs"], ["b/1", "theirs"]]
+
+
+def test_expired_keys_are_named_to_the_other_nodes(fresh_url, nodes):
+    url = fresh_url()
+    first, second = nodes(url), nodes(url)
+    heard = []
+    first.store.subscribe(heard.append)
+    second.put("lease/a", b"1", ttl=1)
+    time.sleep(0.3)
+    heard.clear()
+    assert second.store.purge(time.time() + 2, 0, "") == 1
+    deadline = time.monotonic() + 5
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert heard == [["lease/a"]]
+
+
+def test_a_commit_with_too_many_keys_to_name_wakes_everything():
+    from navistore_postgres.store import NOTIFY_PAYLOAD_BYTES, notice, read_notice
+
+    assert read_notice(notice("me", 7, ["a", "b/ü"])) == ("me", ["a", "b/ü"])
+    keys = [f"k/{n:04d}" for n in range(NOTIFY_PAYLOAD_BYTES // 8)]
+    assert len(notice("me", 7, keys).encode()) <= NOTIFY_PAYLOAD_BYTES
+    assert read_notice(notice("me", 7, keys)) == ("me", None)
+    assert read_notice("12") == (None, None)  # an older plugin's payload: a bare seq
+    assert read_notice("not json") == (None, None)
+
+
+def test_a_listener_that_reconnects_wakes_every_watch(fresh_url, nodes, postgres_url):
+    """Commits made while the listener was away were not heard: after it listens again, every
+    watch looks at the store."""
+    import psycopg
+
+    node = nodes(fresh_url())
+    heard = []
+    node.store.subscribe(heard.append)
+    time.sleep(0.3)
+    heard.clear()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
+            (f"LISTEN {node.store._channel}",),
+        ).fetchall()
+    assert ended == [(True,)]
+    deadline = time.monotonic() + 10
+    while not heard and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert heard == [None]
