@@ -62,7 +62,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STALE_RETRIES = 8
 #: Expiries are purged this long apart at the least (each purge is a write transaction).
 EXPIRY_GRANULARITY = 1.0
-#: Expiry times remembered for a prompt purge; past this many, expiries wait for the regular purge.
+#: Expiry times remembered for a prompt purge. Past this many, the node learns of the others from
+#: the store (its optional ``next_expiry``) after each purge, or else at the regular purge.
 MAX_TRACKED_EXPIRIES = 100_000
 
 # Meta names the core owns; plugins should prefix theirs with their own name.
@@ -142,6 +143,9 @@ class Node:
         self._expiries: list[float] = []
         self._expiries_lock = threading.Lock()
         self._expiry_noted = threading.Event()
+        # Whether to ask the store for its soonest expiry (``next_expiry``): records this node
+        # did not see committed (before a restart, through another node, past the bound).
+        self._ask_store = True
         self._purger: threading.Thread | None = None
         try:
             self.node_id = self._node_id()
@@ -151,7 +155,7 @@ class Node:
             self._make_replication()
             subscribe = getattr(self.store, "subscribe", None)
             if callable(subscribe):
-                subscribe(self._changed_outside)
+                subscribe(self._changed_elsewhere)
         except BaseException:
             self.store.close()
             raise
@@ -591,6 +595,13 @@ class Node:
             self.committed(stored, origin)
         return stored
 
+    def _changed_elsewhere(self, keys: Iterable[str] | None = None) -> None:
+        """Another node committed ``keys`` (None: something) to the store we share."""
+        if not self._ask_store:  # it may have written an expiry this node should purge on time
+            self._ask_store = True
+            self._expiry_noted.set()
+        self._changed_outside(keys)
+
     def _changed_outside(self, keys: Iterable[str] | None = None) -> None:
         """The store changed other than by a commit of ours (another node committed ``keys`` to
         the store we share, or a purge turned expired records into tombstones): wake the watches
@@ -657,24 +668,51 @@ class Node:
     def _note_expiry(self, expires_at: float) -> None:
         with self._expiries_lock:
             if len(self._expiries) >= MAX_TRACKED_EXPIRIES:
-                return  # the regular purge takes it
+                return  # the store's next_expiry, or the regular purge, takes it
             heapq.heappush(self._expiries, expires_at)
             if self._expiries[0] == expires_at:  # sooner than the purge loop sleeps for
                 self._expiry_noted.set()
 
+    def _note_store_expiry(self) -> None:
+        """Track the store's soonest expiry too (its optional ``next_expiry``): one this node did
+        not commit (before a restart, through another node) or did not track (past the bound)."""
+        next_expiry = getattr(self.store, "next_expiry", None)
+        if not callable(next_expiry):
+            return
+        soonest = next_expiry()
+        if soonest is None:
+            return
+        with self._expiries_lock:
+            if not self._expiries or soonest < self._expiries[0]:
+                heapq.heappush(self._expiries, soonest)  # past the bound too: it is one
+
     def _purge_loop(self) -> None:
         """The regular purge every ``purge_interval``, and in between, a purge of expiries as they
-        fall due (those this node committed; at most one every ``EXPIRY_GRANULARITY`` seconds)."""
+        fall due: those this node committed, and the store's soonest, asked at start, after each
+        purge and after other nodes' commits (at most once every ``EXPIRY_GRANULARITY`` seconds,
+        as the expiry purges)."""
         next_purge = time.monotonic() + self.settings.purge_interval
         earliest = 0.0  # monotonic time the next expiry purge may run
+        ask_after = 0.0  # monotonic time the store may be asked again
         while True:
             self._expiry_noted.clear()
+            if self._ask_store and time.monotonic() >= ask_after:
+                self._ask_store = False
+                ask_after = time.monotonic() + EXPIRY_GRANULARITY
+                try:
+                    self._note_store_expiry()
+                except Exception:
+                    log.exception("could not read the store's next expiry")
             with self._expiries_lock:
                 soonest = self._expiries[0] if self._expiries else None
-            wake = next_purge
+            expire_at = None
             if soonest is not None:
-                due = time.monotonic() + max(0.0, soonest - time.time())
-                wake = min(wake, max(due, earliest))
+                expire_at = max(time.monotonic() + max(0.0, soonest - time.time()), earliest)
+            wake = next_purge
+            if expire_at is not None:
+                wake = min(wake, expire_at)
+            if self._ask_store:
+                wake = min(wake, ask_after)
             self._expiry_noted.wait(max(0.0, wake - time.monotonic()))
             if self._stopping.is_set():
                 return
@@ -683,11 +721,11 @@ class Node:
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + self.settings.purge_interval
                     self.purge(now)
-                elif soonest is not None and time.monotonic() >= wake:
+                elif expire_at is not None and time.monotonic() >= expire_at:
                     earliest = time.monotonic() + EXPIRY_GRANULARITY
                     self.expire(now)
                 else:
-                    continue  # a sooner expiry was noted: sleep again, less
+                    continue  # a sooner expiry was noted, or the store is to be asked
             except Exception:
                 log.exception("purge failed; will try again")
                 earliest = time.monotonic() + self.settings.purge_interval  # not every second
@@ -695,6 +733,7 @@ class Node:
             with self._expiries_lock:  # purged: forget what fell due by then
                 while self._expiries and self._expiries[0] <= now:
                     heapq.heappop(self._expiries)
+            self._ask_store = True  # what falls due next, of what this node did not see written
 
     # -- reporting --------------------------------------------------------------------------
 

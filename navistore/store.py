@@ -7,6 +7,11 @@ atomic. They never make stamps: the Node does; a store keeps and compares what i
 Optional methods, which the Node uses when a backend has them:
 
 - ``count() -> int``: the number of live keys, for the ``navistore_keys`` metric.
+- ``next_expiry() -> float | None``: the soonest ``expires_at`` of a record not deleted (due or
+  not: purge has not run), None when no such record has one. The Node purges expiries as they
+  fall due; it tracks those it commits, and with this method it learns of the others: written
+  before a restart, through another node of a shared store, or past the number it tracks. It
+  asks after every purge, so it should be cheap (an index on ``expires_at``).
 - ``claim_node_id(node_id)`` (stores that several nodes share): hold a node id while this process
   runs, raising ``SettingsError`` when a live node holds it. The Node then generates an id per
   process instead of keeping one in the (shared) meta.

@@ -163,6 +163,44 @@ def test_a_watch_sees_an_expiry_within_seconds_not_at_the_next_regular_purge(mak
     assert result["seconds"] < 4
 
 
+def test_an_expiry_committed_before_a_restart_reaches_a_watch_when_due(make_node):
+    """The node tracks the expiries it commits; those from before a restart it learns of from the
+    store (``next_expiry``). Before, they waited for the regular purge."""
+    before = make_node(purge_interval=3600)
+    before.put("lease/a", b"held", ttl=2)
+    before.close()
+    node = make_node(purge_interval=3600)
+    node.start()
+    client = falcon.testing.TestClient(create_app(node))
+    thread, result = watch_in_thread(client, f"since={node.last_seq()}&key=lease/a&wait=20")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the expiry waited for the regular purge"
+    changes = result["answer"].json["changes"]
+    assert [(c["key"], c["deleted"]) for c in changes] == [("lease/a", True)]
+    assert result["seconds"] < 4
+
+
+def test_expiries_past_the_tracked_bound_reach_a_watch_when_due(make_node, monkeypatch):
+    import navistore.node
+
+    monkeypatch.setattr(navistore.node, "MAX_TRACKED_EXPIRIES", 1)
+    node = make_node(purge_interval=3600)
+    node.start()
+    node.put("lease/a", b"held", ttl=1)
+    node.put("lease/b", b"held", ttl=2)  # past the bound: not tracked
+    assert len(node._expiries) == 1
+    client = falcon.testing.TestClient(create_app(node))
+    since = node.last_seq()
+    for key in ("lease/a", "lease/b"):
+        thread, result = watch_in_thread(client, f"since={since}&prefix=lease/&wait=20")
+        thread.join(timeout=10)
+        assert not thread.is_alive(), f"the expiry of {key} waited for the regular purge"
+        changes = result["answer"].json["changes"]
+        assert [(c["key"], c["deleted"]) for c in changes] == [(key, True)]
+        assert result["seconds"] < 4
+        since = changes[-1]["seq"]
+
+
 def test_a_write_elsewhere_does_not_wake_a_watch(node):
     """Only writes the watch asked about wake it: with every write waking every watch, 50
     watches on a quiet prefix cut PUT throughput to 0.14x (bench/watchers.py)."""

@@ -509,6 +509,26 @@ class BackendSuite(SuiteFixtures):
             store.merge(record("exp", b"v", expiring.stamp)) is None
         )  # same stamp: no resurrection
 
+    @requires("ttl")
+    def test_next_expiry_is_the_soonest_expiry_not_yet_deleted(self, store, stamps):
+        """Optional (``next_expiry``): what the Node purges next without having seen the write."""
+        if not callable(getattr(store, "next_expiry", None)):
+            pytest.skip("the backend has no next_expiry (an optional method)")
+        assert store.next_expiry() is None
+        now = time.time()
+        store.commit(record("plain", b"v", stamps.next()), ANY)
+        assert store.next_expiry() is None
+        store.commit(record("later", b"v", stamps.next(), expires_at=now + 3600), ANY)
+        store.commit(record("sooner", b"v", stamps.next(), expires_at=now + 60), ANY)
+        store.commit(record("due", b"v", stamps.next(), expires_at=now - 1), ANY)
+        assert store.next_expiry() == pytest.approx(now - 1, abs=0.001)  # due, not yet purged
+        store.purge(time.time(), 0, "")
+        assert store.next_expiry() == pytest.approx(now + 60, abs=0.001)
+        store.commit(record("sooner", b"", stamps.next(), deleted=True), PRESENT)
+        assert store.next_expiry() == pytest.approx(now + 3600, abs=0.001)
+        store.commit(record("later", b"v", stamps.next()), ANY)  # rewritten without a TTL
+        assert store.next_expiry() is None
+
     def test_purge_drops_only_old_tombstones_up_to_the_seq(self, store):
         for n, key in enumerate(["a", "b", "c"], start=1):
             store.commit(record(key, b"v", Stamps.at(n)), ANY)

@@ -420,6 +420,13 @@ class PostgresStore:
         """Live keys (optional in the protocol: for the navistore_keys metric)."""
         return self._read(f"SELECT count(*) FROM {{s}}.records WHERE {_LIVE}", (time.time(),))[0][0]
 
+    def next_expiry(self) -> float | None:
+        """The soonest expiry of a record not deleted yet (optional in the protocol). The expiry
+        index's first entry."""
+        return self._read(
+            "SELECT min(expires_at) FROM {s}.records WHERE expires_at IS NOT NULL AND NOT deleted"
+        )[0][0]
+
     def meta_get(self, name: str) -> str | None:
         rows = self._read("SELECT value FROM {s}.meta WHERE name = %s", (name,))
         return rows[0][0] if rows else None

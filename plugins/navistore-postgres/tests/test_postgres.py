@@ -201,3 +201,20 @@ def test_a_listener_that_reconnects_wakes_every_watch(fresh_url, nodes, postgres
     while not heard and time.monotonic() < deadline:
         time.sleep(0.05)
     assert heard == [None]
+
+
+def test_an_expiry_written_through_a_node_that_stopped_is_purged_when_due(fresh_url, nodes):
+    """Each node purges on time the expiries it committed. One written through a node that then
+    stopped (here: never ran its purge loop) is purged on time by another: it asks the store for
+    its soonest expiry after other nodes' commits."""
+    url = fresh_url()
+    survivor = nodes(url, purge_interval=3600)
+    survivor.start()
+    writer = nodes(url)  # not started: no purge loop, as if it had stopped
+    time.sleep(0.3)
+    writer.put("lease/a", b"held", ttl=2)
+    since = writer.last_seq()
+    started = time.monotonic()
+    changes, _ = survivor.watch(since, key="lease/a", wait=10)
+    assert [(r.key, r.deleted) for r in changes] == [("lease/a", True)]
+    assert time.monotonic() - started < 4

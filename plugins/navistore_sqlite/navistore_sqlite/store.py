@@ -569,6 +569,14 @@ class SqliteStore:
         """Live keys (optional in the protocol: for the navistore_keys metric)."""
         return self._read(f"SELECT COUNT(*) FROM records WHERE {_LIVE}", (time.time(),))[0][0]
 
+    def next_expiry(self) -> float | None:
+        """The soonest expiry of a record not deleted yet (optional in the protocol: so that the
+        Node purges expiries it did not see committed as they fall due). The expiry index's
+        first entry."""
+        return self._read(
+            "SELECT min(expires_at) FROM records WHERE expires_at IS NOT NULL AND deleted = 0"
+        )[0][0]
+
     def last_seq(self) -> int:
         return self._last_seq
 
