@@ -684,7 +684,7 @@ class Node:
             return
         with self._expiries_lock:
             if not self._expiries or soonest < self._expiries[0]:
-                heapq.heappush(self._expiries, soonest)  # past the bound too: it is one
+                heapq.heappush(self._expiries, soonest)  # one entry, even past the bound
 
     def _purge_loop(self) -> None:
         """The regular purge every ``purge_interval``, and in between, a purge of expiries as they

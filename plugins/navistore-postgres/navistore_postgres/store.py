@@ -86,7 +86,7 @@ class _Writes:
     """What a write transaction wrote: its newest seq, and the keys, for the notification."""
 
     def __init__(self, seq: int) -> None:
-        self.first = self.seq = seq
+        self.seq = seq
         self.keys: list[str] = []
 
     def next_seq(self, key: str) -> int:
