@@ -43,6 +43,23 @@ def test_a_newer_schema_is_refused(fresh_url):
         PostgresStore.from_url(url)
 
 
+def listening(listener: Node, writer: Node) -> None:
+    """Wait until ``listener``'s store hears ``writer``'s commits (its LISTEN is in place)."""
+    heard = []
+    listener.store.subscribe(heard.append)
+    writer.put("navistore-test/ready", b"")
+    assert eventually(lambda: ["navistore-test/ready"] in heard)
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @pytest.fixture
 def nodes():
     opened = []
@@ -101,6 +118,7 @@ def test_a_watch_wakes_only_on_the_other_nodes_writes_it_asked_about(fresh_url, 
     keys, each one woke every watch on every node, and each watch queried the database again."""
     url = fresh_url()
     watcher_node, writer_node = nodes(url), nodes(url)
+    listening(watcher_node, writer_node)
     look = watcher_node.changes
     looks = []
 
@@ -121,8 +139,7 @@ def test_a_watch_wakes_only_on_the_other_nodes_writes_it_asked_about(fresh_url, 
     ]
     for thread in watches:
         thread.start()
-    time.sleep(0.3)
-    assert len(looks) == 2
+    assert eventually(lambda: len(looks) == 2)  # each watch looked once, and waits
     for n in range(20):
         writer_node.put(f"k/{n}", b"elsewhere")
     writer_node.batch([{"op": "put", "key": f"b/{n}", "value": "eA=="} for n in range(3)])
@@ -139,20 +156,21 @@ def test_a_watch_wakes_only_on_the_other_nodes_writes_it_asked_about(fresh_url, 
 def test_the_listener_hears_other_nodes_keys_and_not_its_own_commits(fresh_url, nodes):
     url = fresh_url()
     first, second = nodes(url), nodes(url)
+    listening(first, second)
     heard = []
     first.store.subscribe(heard.append)
-    time.sleep(0.3)
-    heard.clear()  # the listener may have just (re)connected: a None
     first.put("mine", b"1")
     first.delete("mine")
     second.put("theirs", b"1")
     second.batch([{"op": "put", "key": "b/1", "value": "eA=="}, {"op": "delete", "key": "theirs"}])
     second.store.purge(time.time(), 0, "")  # nothing expired: no commit, nothing to hear
-    deadline = time.monotonic() + 5
-    while len(heard) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def named():
+        return [keys for keys in heard if keys is not None]  # None: the listener (re)connected
+
+    assert eventually(lambda: len(named()) >= 2)
     time.sleep(0.3)
-    assert heard == [["theirs"], ["b/1", "theirs"]]
+    assert named() == [["theirs"], ["b/1", "theirs"]]
 
 
 def test_expired_keys_are_named_to_the_other_nodes(fresh_url, nodes):
@@ -161,13 +179,11 @@ def test_expired_keys_are_named_to_the_other_nodes(fresh_url, nodes):
     heard = []
     first.store.subscribe(heard.append)
     second.put("lease/a", b"1", ttl=1)
-    time.sleep(0.3)
+    assert eventually(lambda: ["lease/a"] in heard)
     heard.clear()
     assert second.store.purge(time.time() + 2, 0, "") == 1
-    deadline = time.monotonic() + 5
-    while not heard and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert heard == [["lease/a"]]
+    assert eventually(lambda: ["lease/a"] in heard)
+    assert [keys for keys in heard if keys is not None] == [["lease/a"]]
 
 
 def test_a_commit_with_too_many_keys_to_name_wakes_everything():
@@ -189,18 +205,21 @@ def test_a_listener_that_reconnects_wakes_every_watch(fresh_url, nodes, postgres
     node = nodes(fresh_url())
     heard = []
     node.store.subscribe(heard.append)
-    time.sleep(0.3)
-    heard.clear()
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        ended = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
-            (f"LISTEN {node.store._channel}",),
-        ).fetchall()
-    assert ended == [(True,)]
-    deadline = time.monotonic() + 10
-    while not heard and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert heard == [None]
+
+        def listener():
+            return conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE query = %s",
+                (f"LISTEN {node.store._channel}",),
+            ).fetchall()
+
+        assert eventually(lambda: len(listener()) == 1)
+        time.sleep(0.2)
+        heard.clear()
+        (pid,) = listener()[0]
+        assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        assert eventually(lambda: len(listener()) == 1 and listener()[0][0] != pid, timeout=10)
+    assert eventually(lambda: heard == [None])
 
 
 def test_an_expiry_written_through_a_node_that_stopped_is_purged_when_due(fresh_url, nodes):
@@ -211,7 +230,7 @@ def test_an_expiry_written_through_a_node_that_stopped_is_purged_when_due(fresh_
     survivor = nodes(url, purge_interval=3600)
     survivor.start()
     writer = nodes(url)  # not started: no purge loop, as if it had stopped
-    time.sleep(0.3)
+    listening(survivor, writer)
     writer.put("lease/a", b"held", ttl=2)
     since = writer.last_seq()
     started = time.monotonic()
