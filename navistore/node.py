@@ -137,9 +137,10 @@ class Node:
         self._key_watches: dict[str, set[threading.Event]] = {}
         self._prefix_watches: dict[str, set[threading.Event]] = {}
         self._watching = 0  # watches waiting, for max_watchers
-        # Expiry times of records committed through this node, soonest first, so that the purge
-        # loop turns them into tombstones (changes a watch sees) when they fall due rather than
-        # at the next regular purge. The event tells the loop of a sooner one.
+        # Expiry times of records committed through this node (and the store's soonest, see
+        # _ask_store), soonest first, so that the purge loop turns them into tombstones (changes
+        # a watch sees) when they fall due rather than at the next regular purge. The event tells
+        # the loop of a sooner one.
         self._expiries: list[float] = []
         self._expiries_lock = threading.Lock()
         self._expiry_noted = threading.Event()

@@ -108,7 +108,7 @@ def test_shutting_down_answers_every_watch(client, node):
 
 def test_a_commit_between_the_first_look_and_the_wait_wakes_the_watch(node):
     """A write that commits after the watch looked at the store, but before it started waiting,
-    must end the wait: the watch notes the commit generation before it looks."""
+    must end the wait: the watch registers for its key or prefix before it looks."""
     since = node.last_seq()
     look = node.changes
     looks = []
