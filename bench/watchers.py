@@ -30,20 +30,22 @@ from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
 
 
-def start_watchers(
-    url: str, count: int, prefix: str, stop: threading.Event
-) -> list[threading.Thread]:
+def start_watchers(client: Client, count: int, prefix: str, stop: threading.Event) -> None:
+    """Start ``count`` watchers on ``prefix`` that watch again until ``stop``, and wait (up to
+    10 s) until the server counts them all waiting."""
+
     def watch() -> None:
-        with Client(url, timeout=120) as client:
-            since = client.status()["last_seq"]
+        with Client(client.url, timeout=120) as watcher:
+            since = watcher.status()["last_seq"]
             while not stop.is_set():
-                changes, last = client.changes(since, prefix=prefix, wait=30)
+                changes, last = watcher.changes(since, prefix=prefix, wait=30)
                 since = changes[-1].seq if changes else last
 
-    threads = [threading.Thread(target=watch, daemon=True) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    return threads
+    for _ in range(count):
+        threading.Thread(target=watch, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while waiting(client) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def waiting(client: Client) -> int:
@@ -96,19 +98,14 @@ def run(args: argparse.Namespace, store: list[str]) -> None:
         results["no watchers"] = _wrk.run(server.url, lua, 16, args.seconds)
 
         stop = threading.Event()
-        start_watchers(server.url, args.watchers, "quiet/", stop)
-        deadline = time.monotonic() + 10
-        while waiting(client) < args.watchers and time.monotonic() < deadline:
-            time.sleep(0.05)
+        start_watchers(client, args.watchers, "quiet/", stop)
         label = f"{args.watchers} watchers waiting"
         results[label] = _wrk.run(server.url, lua, 16, args.seconds)
         stop.set()
         client.put("quiet/stop", b"")  # wake them, they leave
 
         stop = threading.Event()
-        start_watchers(server.url, args.watchers, "busy/", stop)
-        while waiting(client) < args.watchers and time.monotonic() < deadline + 10:
-            time.sleep(0.05)
+        start_watchers(client, args.watchers, "busy/", stop)
 
         def writer() -> None:
             with Client(server.url) as writes:
@@ -130,9 +127,7 @@ def run(args: argparse.Namespace, store: list[str]) -> None:
         put = _wrk.put_random_keys("k/", 1000)
         writes["no watchers"] = _wrk.run(server.url, put, 16, args.seconds)
         stop = threading.Event()
-        start_watchers(server.url, args.watchers, "quiet/", stop)
-        while waiting(client) < args.watchers and time.monotonic() < deadline + 20:
-            time.sleep(0.05)
+        start_watchers(client, args.watchers, "quiet/", stop)
         writes[f"{args.watchers} watchers elsewhere"] = _wrk.run(server.url, put, 16, args.seconds)
         stop.set()
         client.put("quiet/stop", b"")
