@@ -62,6 +62,14 @@ class Listing:
         }
 
 
+def make_app() -> falcon.App:
+    keys = Keys()
+    app = falcon.App()
+    app.add_route("/v1/keys/{key:path}", keys)
+    app.add_route("/v1/keys", Listing(keys))
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -70,10 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpus:
         pin_cpus(load_settings(flags={"cpus": args.cpus}, environ={}).cpus)
-    keys = Keys()
-    app = falcon.App()
-    app.add_route("/v1/keys/{key:path}", keys)
-    app.add_route("/v1/keys", Listing(keys))
+    app = make_app()
     settings = Settings(port=args.port, threads=args.threads)
     server = make_server(app, settings)
     print(f"stub serving on http://127.0.0.1:{server.effective_port}", file=sys.stderr, flush=True)

@@ -85,10 +85,14 @@ class ServerProcess(HttpClient):
         self.proc: subprocess.Popen | None = None
         self.start()
 
+    def command(self) -> list[str]:
+        """The command line that starts the server (a benchmark may start it another way)."""
+        return [sys.executable, "-m", "navistore", "serve", "--port", "0", *self.args]
+
     def start(self, timeout: float = 20.0) -> None:
         self.log = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "navistore", "serve", "--port", "0", *self.args],
+            self.command(),
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,196 @@
+"""Where a PUT's CPU goes: navistore against the stub, and against itself with sqlite's write left
+out, in the same run.
+
+    python bench/put_floor.py [--seconds 4] [--rounds 3] [--cpus N]
+
+Under load, on one CPU, req/s follows CPU per request, so a PUT's CPU is what to take apart:
+
+- Over HTTP: bench/stub.py, `navistore serve` (sqlite), and `navistore serve` whose sqlite store
+  skips its INSERT statement (``SqliteStore._insert``, patched in that server's process by this
+  bench, not in navistore). Everything else runs as usual: the request, the checks, the stamps,
+  the seqs, the group commit and its hand-overs, the read cache, the hooks. All three on
+  ``--cpus`` (the last CPU by default; wrk gets the others), driven by wrk PUT of random keys at
+  16 and 64 connections, the order turned round every round. Prints median req/s, median CPU per
+  request (user + system, from /proc), and the median of the rounds' req/s ratios to the stub.
+  The "no write" row is the most a storage that cost nothing could give.
+- In this process, one thread, no server: CPU per PUT of each WSGI app, called directly (the
+  stub's, navistore's with its sqlite write, navistore's without): the Python a PUT runs besides
+  waitress, and the sqlite statement's share when nothing else competes.
+
+About 2 minutes with the defaults. Needs wrk (installed when missing, as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _wrk  # noqa: E402
+import stub  # noqa: E402
+from load import KEYS, WORKLOADS, load_keys, start_stub  # noqa: E402
+from revisions import cpu_seconds  # noqa: E402
+
+from navistore.testing.servers import ServerProcess  # noqa: E402
+
+# The server that writes nothing to sqlite: the same `navistore serve`, its store's one call
+# into sqlite on the commit path made a no-op (so the commit is "committed" to the read cache
+# only; good for this bench and nothing else).
+_NO_WRITE = """
+import sys
+from navistore_sqlite.store import SqliteStore
+SqliteStore._insert = staticmethod(lambda conn, records: None)
+from navistore.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class NoWriteServer(ServerProcess):
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _NO_WRITE, "serve", "--port", "0", *self.args]
+
+
+def over_http(seconds: float, rounds: int, cpus: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="navistore-put-floor-"))
+    pinned = ["--cpus", cpus] if cpus else []
+    navistore = ServerProcess(["--store", "sqlite:///bench.db", *pinned], folder)
+    no_write = NoWriteServer(["--store", "sqlite:///nowrite.db", *pinned], folder)
+    stub_process, stub_url = start_stub(8, folder, cpus)
+    servers = {
+        "stub": (stub_url, stub_process.pid),
+        "navistore, no write": (no_write.url, no_write.proc.pid),
+        "navistore": (navistore.url, navistore.proc.pid),
+    }
+    lua = WORKLOADS["PUT"]
+    try:
+        for url, _ in servers.values():
+            load_keys(url)
+        print(
+            f"PUT of random keys ({KEYS} keys, 100 bytes), wrk -t2, {seconds:g} s a run, medians "
+            f"of {rounds} rounds, servers on CPUs {cpus or 'any'}"
+        )
+        print(f"{'server':<20} {'conns':>5} {'req/s':>9} {'us CPU/req':>11} {'vs stub':>8}")
+        for connections in (16, 64):
+            rates: dict[str, list[float]] = {name: [] for name in servers}
+            costs: dict[str, list[float]] = {name: [] for name in servers}
+            for round_ in range(rounds):
+                order = list(servers)[round_ % 3 :] + list(servers)[: round_ % 3]
+                for name in order:
+                    url, pid = servers[name]
+                    _wrk.run(url, lua, connections, 1)  # warm up
+                    before = cpu_seconds(pid)
+                    result = _wrk.run(url, lua, connections, seconds)
+                    used = cpu_seconds(pid) - before
+                    rates[name].append(result.requests_per_second)
+                    costs[name].append(used / (result.requests_per_second * seconds) * 1e6)
+                    time.sleep(0.3)
+            for name in servers:
+                ratio = statistics.median(
+                    ours / base for ours, base in zip(rates[name], rates["stub"], strict=True)
+                )
+                print(
+                    f"{name:<20} {connections:>5} {statistics.median(rates[name]):9,.0f} "
+                    f"{statistics.median(costs[name]):11.1f} {ratio:7.2f}x"
+                )
+    finally:
+        navistore.stop()
+        no_write.stop()
+        stub_process.terminate()
+        stub_process.wait(timeout=10)
+
+
+def _environ(key: str, body: bytes) -> dict:
+    return {
+        "REQUEST_METHOD": "PUT",
+        "PATH_INFO": f"/v1/keys/{key}",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "127.0.0.1",
+        "CONTENT_TYPE": "application/octet-stream",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+
+
+def _cpu_per_put(app, requests: int = 20000, repeats: int = 5) -> float:
+    """The least CPU per PUT of ``repeats`` runs (the least is the least disturbed)."""
+
+    def start_response(status: str, headers: list, exc_info=None) -> None:
+        assert status[:3] in ("200", "201"), status
+
+    best = float("inf")
+    for _ in range(repeats):
+        environs = [
+            _environ(f"k/{random.randrange(KEYS):06d}", b"x" * 100) for _ in range(requests)
+        ]
+        started = time.process_time()
+        for environ in environs:
+            b"".join(app(environ, start_response))
+        best = min(best, (time.process_time() - started) / requests * 1e6)
+    return best
+
+
+def in_process() -> None:
+    from navistore.app import create_app
+    from navistore.node import Node
+    from navistore.settings import load_settings
+    from navistore_sqlite.store import SqliteStore
+
+    folder = tempfile.mkdtemp(prefix="navistore-put-floor-")
+    store = f"sqlite:///{os.path.join(folder, 'inprocess.db')}"
+    node = Node(load_settings(flags={"store": store}, environ={}))
+    node.start()
+    try:
+        app = create_app(node)
+        _cpu_per_put(app, repeats=1)  # warm up: every key in the read cache
+        stub_cost = _cpu_per_put(stub.make_app())
+        with_write = _cpu_per_put(app)
+        insert = SqliteStore._insert
+        SqliteStore._insert = staticmethod(lambda conn, records: None)
+        try:
+            without = _cpu_per_put(app)
+        finally:
+            SqliteStore._insert = insert
+    finally:
+        node.close()
+    print("\nIn this process, one thread, the WSGI app called directly (least of 5 runs):")
+    print(f"  stub app                   {stub_cost:6.1f} us CPU per PUT")
+    print(f"  navistore, no write        {without:6.1f} us")
+    print(f"  navistore                  {with_write:6.1f} us (each commit alone: one row)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--cpus",
+        default=str(max(os.sched_getaffinity(0))),
+        help="the --cpus the servers run with (default: the last CPU; '' for none)",
+    )
+    args = parser.parse_args()
+    _wrk.ensure_wrk()
+    over_http(args.seconds, args.rounds, args.cpus)
+    in_process()
+
+
+if __name__ == "__main__":
+    main()
