@@ -366,3 +366,17 @@ def test_serve_refuses_cpus_it_may_not_run_on(tmp_path):
     assert done.returncode == 2
     assert f"CPU {missing} is not available" in done.stderr
     assert "it may run on" in done.stderr
+
+
+def test_a_server_process_starts_with_the_command_a_subclass_gives(tmp_path):
+    """bench/put_floor.py starts a patched `navistore serve` through ``command()``."""
+
+    class Named(ServerProcess):
+        def command(self) -> list[str]:
+            return [*super().command(), "--node-id", "from-the-command"]
+
+    server = Named(["--store", "sqlite:///n.db"], tmp_path)
+    try:
+        assert server.request("GET", "/v1/status").json()["node_id"] == "from-the-command"
+    finally:
+        assert server.stop() == 0
