@@ -11,9 +11,7 @@ a request that holds a slot (a replication thread, a test), ``waiting`` does not
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -47,18 +45,26 @@ def crowded() -> bool:
     return crowded is not None and crowded()
 
 
-@contextlib.contextmanager
-def waiting() -> Iterator[None]:
+class waiting:  # lowercase: used as a function, ``with waiting(): ...``
     """Wrap a wait for I/O (a commit, a database round trip) in a request. Nested waits (a store
-    that wraps its own round trips, inside Node's wrap of a commit) step aside once."""
-    pool = getattr(_local, "pool", None)
-    if pool is None or getattr(_local, "paused", False):
-        yield
-        return
-    pool.pause()
-    _local.paused = True
-    try:
-        yield
-    finally:
-        _local.paused = False
-        pool.resume()
+    that wraps its own round trips, inside Node's wrap of a commit) step aside once.
+
+    A class rather than a generator: it wraps every commit, and entering and leaving a
+    ``contextlib.contextmanager`` costs about 1 us more."""
+
+    __slots__ = ("_pool",)
+
+    def __enter__(self) -> None:
+        pool = getattr(_local, "pool", None)
+        if pool is None or getattr(_local, "paused", False):
+            self._pool = None
+            return
+        pool.pause()
+        _local.paused = True
+        self._pool = pool
+
+    def __exit__(self, *exc_info: object) -> None:
+        pool = self._pool
+        if pool is not None:
+            _local.paused = False
+            pool.resume()

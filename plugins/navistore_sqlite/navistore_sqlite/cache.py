@@ -15,9 +15,8 @@ a commit need not read back the rows it found cached. The store's file is locked
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from navistore.record import Record
 
@@ -47,24 +46,10 @@ class ReadCache:
             if generation == self.generation and not self._in_flight:
                 self._put(key, record)
 
-    @contextlib.contextmanager
-    def committing(self) -> Iterator[list[Record]]:
-        """Wrap a commit; append the committed records to the list it yields."""
-        with self._lock:
-            self.generation += 1
-            self._in_flight += 1
-        committed: list[Record] = []
-        try:
-            yield committed
-        except BaseException:
-            committed = []  # nothing was committed: cache nothing
-            raise
-        finally:
-            with self._lock:
-                self.generation += 1
-                self._in_flight -= 1
-                for record in committed:
-                    self._put(record.key, record)
+    def committing(self) -> _Committing:
+        """Wrap a commit (``with cache.committing() as committed``); append the committed
+        records to the list it yields."""
+        return _Committing(self)
 
     def take(self, keys: Iterable[str]) -> dict[str, Record | None]:
         """Drop ``keys`` (inside ``committing``, under the write lock, before the COMMIT) and
@@ -102,6 +87,33 @@ class ReadCache:
         while self._bytes > self.budget:  # oldest first
             oldest, record = self._entries.popitem(last=False)
             self._bytes -= self._cost(oldest, record)
+
+
+class _Committing:
+    """``ReadCache.committing``: a class rather than a generator, as it wraps every commit (about
+    1 us less to enter and leave than a ``contextlib.contextmanager``)."""
+
+    __slots__ = ("_cache", "_records")
+
+    def __init__(self, cache: ReadCache) -> None:
+        self._cache = cache
+        self._records: list[Record] = []
+
+    def __enter__(self) -> list[Record]:
+        cache = self._cache
+        with cache._lock:
+            cache.generation += 1
+            cache._in_flight += 1
+        return self._records
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        cache = self._cache
+        committed = self._records if exc_type is None else ()  # nothing committed: cache nothing
+        with cache._lock:
+            cache.generation += 1
+            cache._in_flight -= 1
+            for record in committed:
+                cache._put(record.key, record)
 
 
 MISS = _MISS
