@@ -43,6 +43,11 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
+def duration(seconds: float) -> int:
+    """The whole seconds wrk runs for when asked for ``seconds`` (its -d takes whole seconds)."""
+    return max(1, round(seconds))
+
+
 def run(url: str, lua: str, connections: int, seconds: float, threads: int = 2) -> Result:
     """Drive ``url`` with a wrk Lua script for ``seconds``; keep-alive connections."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
@@ -53,7 +58,7 @@ def run(url: str, lua: str, connections: int, seconds: float, threads: int = 2) 
                 ensure_wrk(),
                 f"-t{threads}",
                 f"-c{connections}",
-                f"-d{max(1, round(seconds))}s",
+                f"-d{duration(seconds)}s",
                 "--latency",
                 "-s",
                 script.name,

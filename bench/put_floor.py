@@ -91,7 +91,8 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
                     result = _wrk.run(url, lua, connections, seconds)
                     used = cpu_seconds(pid) - before
                     rates[name].append(result.requests_per_second)
-                    costs[name].append(used / (result.requests_per_second * seconds) * 1e6)
+                    requests = result.requests_per_second * _wrk.duration(seconds)
+                    costs[name].append(used / requests * 1e6)
                     time.sleep(0.3)
             for name in servers:
                 ratio = statistics.median(

@@ -90,7 +90,7 @@ def main() -> None:
                 before = cpu_seconds(server.proc.pid)
                 result = _wrk.run(server.url, lua, args.connections, args.seconds)
                 used = cpu_seconds(server.proc.pid) - before
-                requests = result.requests_per_second * args.seconds
+                requests = result.requests_per_second * _wrk.duration(args.seconds)
                 costs[name].append(used / requests * 1e6)
                 rates[name].append(result.requests_per_second)
                 time.sleep(0.3)
