@@ -23,7 +23,6 @@ About 2 minutes with the defaults. Needs wrk (installed when missing, as root).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import random
 import statistics
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import falcon.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,23 +111,13 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
 
 
 def _environ(key: str, body: bytes) -> dict:
-    return {
-        "REQUEST_METHOD": "PUT",
-        "PATH_INFO": f"/v1/keys/{key}",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "HTTP_HOST": "127.0.0.1",
-        "CONTENT_TYPE": "application/octet-stream",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
+    """A PUT's WSGI environ, with the raw URI waitress passes on (navistore reads keys from it)."""
+    path = f"/v1/keys/{key}"
+    environ = falcon.testing.create_environ(
+        path=path, method="PUT", body=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    environ["REQUEST_URI"] = path
+    return environ
 
 
 def _cpu_per_put(app, requests: int = 20000, repeats: int = 5) -> float:
