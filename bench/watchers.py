@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,9 +31,12 @@ from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
 
 
-def start_watchers(client: Client, count: int, prefix: str, stop: threading.Event) -> None:
-    """Start ``count`` watchers on ``prefix`` that watch again until ``stop``, and wait (up to
-    10 s) until the server counts them all waiting."""
+@contextlib.contextmanager
+def watchers(client: Client, count: int, prefix: str) -> Iterator[None]:
+    """``count`` watchers on ``prefix``, watching again and again, all waiting (up to 10 s) before
+    the body runs; after it, they are woken and leave (else they would keep max_watchers' slots
+    until their wait ends)."""
+    stop = threading.Event()
 
     def watch() -> None:
         with Client(client.url, timeout=120) as watcher:
@@ -46,6 +50,11 @@ def start_watchers(client: Client, count: int, prefix: str, stop: threading.Even
     deadline = time.monotonic() + 10
     while waiting(client) < count and time.monotonic() < deadline:
         time.sleep(0.05)
+    try:
+        yield
+    finally:
+        stop.set()
+        client.put(f"{prefix}stop", b"")  # wake them: they see stop and leave
 
 
 def waiting(client: Client) -> int:
@@ -97,40 +106,36 @@ def run(args: argparse.Namespace, store: list[str]) -> None:
         _wrk.run(server.url, lua, 16, 1)  # warm up
         results["no watchers"] = _wrk.run(server.url, lua, 16, args.seconds)
 
-        stop = threading.Event()
-        start_watchers(client, args.watchers, "quiet/", stop)
-        label = f"{args.watchers} watchers waiting"
-        results[label] = _wrk.run(server.url, lua, 16, args.seconds)
-        stop.set()
-        client.put("quiet/stop", b"")  # wake them, they leave
+        with watchers(client, args.watchers, "quiet/"):
+            results[f"{args.watchers} watchers waiting"] = _wrk.run(
+                server.url, lua, 16, args.seconds
+            )
 
-        stop = threading.Event()
-        start_watchers(client, args.watchers, "busy/", stop)
+        with watchers(client, args.watchers, "busy/"):
+            ticking = threading.Event()
 
-        def writer() -> None:
-            with Client(server.url) as writes:
-                i = 0
-                while not stop.is_set():
-                    writes.put(f"busy/{i % 10}", b"tick")
-                    i += 1
-                    time.sleep(0.05)
+            def ticker() -> None:
+                with Client(server.url) as writer:
+                    i = 0
+                    while not ticking.is_set():
+                        writer.put(f"busy/{i % 10}", b"tick")
+                        i += 1
+                        time.sleep(0.05)
 
-        ticker = threading.Thread(target=writer, daemon=True)
-        ticker.start()
-        results[f"{args.watchers} watchers woken 20x/s"] = _wrk.run(
-            server.url, lua, 16, args.seconds
-        )
-        stop.set()
-        ticker.join()
-        client.put("busy/stop", b"")  # wake them, they leave (or they hold max_watchers' slots)
+            thread = threading.Thread(target=ticker, daemon=True)
+            thread.start()
+            results[f"{args.watchers} watchers woken 20x/s"] = _wrk.run(
+                server.url, lua, 16, args.seconds
+            )
+            ticking.set()
+            thread.join()
 
         put = _wrk.put_random_keys("k/", 1000)
         writes["no watchers"] = _wrk.run(server.url, put, 16, args.seconds)
-        stop = threading.Event()
-        start_watchers(client, args.watchers, "quiet/", stop)
-        writes[f"{args.watchers} watchers elsewhere"] = _wrk.run(server.url, put, 16, args.seconds)
-        stop.set()
-        client.put("quiet/stop", b"")
+        with watchers(client, args.watchers, "quiet/"):
+            writes[f"{args.watchers} watchers elsewhere"] = _wrk.run(
+                server.url, put, 16, args.seconds
+            )
     finally:
         server.stop()
     for name, runs in (("GET", results), ("PUT", writes)):
