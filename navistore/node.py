@@ -798,12 +798,22 @@ def check_ttl(ttl: int) -> None:
 
 
 def check_content_type(content_type: str | None) -> str:
+    """The content type to store (the default for none); ``InvalidRequest`` unless it is at most
+    255 characters of printable ASCII. It goes back out in the Content-Type header of every read,
+    and a header carries nothing else: a batch or a peer could send any JSON string."""
     if not content_type:
         return DEFAULT_CONTENT_TYPE
-    if len(content_type) > MAX_CONTENT_TYPE or _CONTROL.search(content_type):
+    if len(content_type) > MAX_CONTENT_TYPE:
         raise InvalidRequest(
-            f"the content type must be at most {MAX_CONTENT_TYPE} characters, without control "
-            "characters"
+            f"the content type is {len(content_type)} characters; the limit is {MAX_CONTENT_TYPE}"
+        )
+    if not (content_type.isascii() and content_type.isprintable()):
+        position, char = next(
+            (i, c) for i, c in enumerate(content_type) if not (c.isascii() and c.isprintable())
+        )
+        raise InvalidRequest(
+            f"the content type holds U+{ord(char):04X} at position {position}; a content type "
+            "is printable ASCII (U+0020-U+007E), such as text/plain; charset=utf-8"
         )
     return content_type
 

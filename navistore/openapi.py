@@ -12,7 +12,14 @@ from typing import Any
 import falcon
 
 from navistore._version import __version__
-from navistore.node import DEFAULT_LIMIT, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_LIMIT, MAX_TTL
+from navistore.node import (
+    DEFAULT_LIMIT,
+    MAX_BATCH_OPS,
+    MAX_CONTENT_TYPE,
+    MAX_KEY_BYTES,
+    MAX_LIMIT,
+    MAX_TTL,
+)
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -174,7 +181,11 @@ _SCHEMAS: dict[str, Any] = {
                         "op": {"enum": ["put", "delete"]},
                         "key": {"type": "string", "minLength": 1},
                         "value": {"type": "string", "format": "byte"},
-                        "content_type": {"type": "string"},
+                        "content_type": {
+                            "type": "string",
+                            "maxLength": MAX_CONTENT_TYPE,
+                            "pattern": "^[ -~]*$",  # printable ASCII: it goes into a header
+                        },
                         "ttl": {"type": "integer", "minimum": 1, "maximum": MAX_TTL},
                         "if_match": {"type": "string"},
                         "if_none_match": {"enum": ["*"]},

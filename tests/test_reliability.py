@@ -49,6 +49,7 @@ BAD_INPUTS = [
     ("PUT", "/v1/keys/big", b"x" * (1024 * 1024 + 1), {}, 413),
     ("PUT", "/v1/keys/big", b"x" * (3 * 1024 * 1024), {}, 413),
     ("PUT", "/v1/keys/ct", b"v", {"Content-Type": "x" * 300}, 400),
+    ("PUT", "/v1/keys/ct", b"v", {"Content-Type": "t\u00e9xt/plain"}, 400),  # sent as latin-1
     # ttl
     ("PUT", "/v1/keys/t?ttl=0", b"v", {}, 400),
     ("PUT", "/v1/keys/t?ttl=-5", b"v", {}, 400),
@@ -101,6 +102,28 @@ BAD_INPUTS = [
     ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "\\ud800"}]}', JSON, 400),
     ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "value": "!!"}]}', JSON, 400),
     ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "ttl": true}]}', JSON, 400),
+    # a content type goes into a header when the value is read: printable ASCII only
+    (
+        "POST",
+        "/v1/batch",
+        b'{"ops": [{"op": "put", "key": "k", "content_type": "text/\\u2603"}]}',
+        JSON,
+        400,
+    ),
+    (
+        "POST",
+        "/v1/batch",
+        b'{"ops": [{"op": "put", "key": "k", "content_type": "\\ud800"}]}',
+        JSON,
+        400,
+    ),
+    (
+        "POST",
+        "/v1/batch",
+        b'{"ops": [{"op": "put", "key": "k", "content_type": "a\\nb"}]}',
+        JSON,
+        400,
+    ),
     ("POST", "/v1/batch", b'{"ops": [{"op": "put", "key": "k", "if_match": 5}]}', JSON, 400),
     (
         "POST",
@@ -163,6 +186,26 @@ def test_control_characters_in_headers_are_refused_by_waitress_and_change_nothin
     answer = server.request("PUT", "/v1/keys/ct", b"v", {"Content-Type": "text/plain\x01"})
     assert answer.status == 400
     assert state(server) == before
+
+
+def test_a_stored_content_type_no_header_can_carry_is_served_as_octet_stream(serve, tmp_path):
+    # Written before content types were held to printable ASCII (a batch or a peer could send any
+    # string): the value stays readable, where the header failed and the GET answered 500.
+    from navistore.record import ANY, Record, make_stamp
+    from navistore_sqlite.store import SqliteStore
+
+    store = SqliteStore(str(tmp_path / "old.db"))
+    stamp = make_stamp(int(time.time() * 1000), 0, "old")
+    legacy = {"snow": "text/\u2603", "accent": "t\u00e9xt/plain", "split": "a\nb"}
+    for key, content_type in legacy.items():
+        store.commit(Record(key, b"kept", content_type, stamp), ANY)
+    store.close()
+    server = serve("--store", "sqlite:///old.db")
+    for key in legacy:
+        answer = server.request("GET", f"/v1/keys/{key}")
+        assert answer.status == 200 and answer.body == b"kept"
+        assert answer.headers["content-type"] == "application/octet-stream"
+        assert server.request("HEAD", f"/v1/keys/{key}").status == 200
 
 
 def test_the_bad_input_table_is_wide(server):

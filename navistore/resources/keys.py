@@ -7,7 +7,7 @@ import falcon
 from navistore import _http
 from navistore.errors import InvalidRequest, PreconditionFailed
 from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node
-from navistore.record import ABSENT, ANY, PRESENT, Expect
+from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect
 from navistore.store import dump_json, listing_entry
 
 KEY_ROUTE = "/v1/keys/"
@@ -54,7 +54,11 @@ class KeyResource:
         ):
             resp.status = falcon.HTTP_304
             return
-        resp.content_type = record.content_type
+        content_type = record.content_type
+        if not (content_type.isascii() and content_type.isprintable()):
+            # Stored before content types were held to printable ASCII: no header carries it.
+            content_type = DEFAULT_CONTENT_TYPE
+        resp.content_type = content_type
         resp.data = record.value
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:

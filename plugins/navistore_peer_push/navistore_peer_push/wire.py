@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 from navistore import Record
 from navistore.errors import InvalidRequest
-from navistore.node import check_key
+from navistore.node import check_content_type, check_key
 from navistore.record import parse_stamp
 
 
@@ -40,9 +41,12 @@ def decode(data: Any, index: int) -> Record:
         if not isinstance(content_type, str) or not isinstance(deleted, bool):
             raise ValueError("content_type must be a string and deleted a boolean")
         if expires_at is not None and (
-            isinstance(expires_at, bool) or not isinstance(expires_at, int | float)
+            isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+            or not math.isfinite(expires_at)
         ):
-            raise ValueError("expires_at must be a number or null")
+            raise ValueError("expires_at must be a finite number or null")
+        content_type = check_content_type(content_type)
     except (KeyError, ValueError, TypeError, binascii.Error, InvalidRequest) as exc:
         why = exc.description if isinstance(exc, InvalidRequest) else str(exc)
         raise InvalidRequest(f"record {index}: {why}") from None

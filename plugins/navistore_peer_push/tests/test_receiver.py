@@ -95,6 +95,11 @@ def test_a_batch_with_a_stamp_too_far_ahead_is_refused_whole(client, node):
         (record("k", stamp="yesterday"), "stamp"),
         (record("k", deleted="yes"), "boolean"),
         (record("k", expires_at="soon"), "expires_at"),
+        (record("k", expires_at=float("inf")), "expires_at"),
+        (record("k", expires_at=float("nan")), "expires_at"),
+        (record("k", content_type="text/\u2603"), "content type"),
+        (record("k", content_type="a\nb"), "content type"),
+        (record("k", content_type="x" * 300), "content type"),
         ("not an object", "JSON object"),
     ],
 )
