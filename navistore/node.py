@@ -800,7 +800,9 @@ def check_ttl(ttl: int) -> None:
 def check_content_type(content_type: str | None) -> str:
     """The content type to store (the default for none); ``InvalidRequest`` unless it is at most
     255 characters of printable ASCII. It goes back out in the Content-Type header of every read,
-    and a header carries nothing else: a batch or a peer could send any JSON string."""
+    and a header carries nothing else: a batch or a peer could send any JSON string. Spaces
+    around it go, as they do around a header's value."""
+    content_type = content_type.strip(" ") if content_type else content_type
     if not content_type:
         return DEFAULT_CONTENT_TYPE
     if len(content_type) > MAX_CONTENT_TYPE:

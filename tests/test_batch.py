@@ -43,6 +43,17 @@ def test_a_batch_writes_everything_and_answers_each_etag(client, node):
     assert client.simulate_get("/v1/keys/gone").status_code == 404
 
 
+def test_a_content_type_is_stored_as_a_header_would_carry_it(client, node):
+    # HTTP drops the spaces around a header's value, so a PUT never stores them: nor does a batch.
+    ops = [
+        {"op": "put", "key": "spaced", "value": b64(b"1"), "content_type": "  text/x  "},
+        {"op": "put", "key": "blank", "value": b64(b"2"), "content_type": "   "},
+    ]
+    assert post(client, ops).status_code == 200
+    assert node.get("spaced").content_type == "text/x"
+    assert node.get("blank").content_type == "application/octet-stream"
+
+
 def test_a_failed_condition_names_the_operation_and_writes_nothing(client, node):
     etag = client.simulate_put("/v1/keys/a", body=b"1").headers["etag"]
     before = node.last_seq()
