@@ -9,6 +9,7 @@ reads stdin when no value is given, and the exit status says what happened: 0 do
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -72,15 +73,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _utc(seconds: float) -> str:
+    """A time as ISO 8601 in UTC, to the second: 2026-11-27T19:04:05Z."""
+    moment = datetime.datetime.fromtimestamp(round(seconds), datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for entry in client.list(args.prefix, separator=args.separator):
             if args.long and not entry.is_prefix:
-                expires = "-" if entry.expires_at is None else f"{entry.expires_at:.0f}"
-                columns = f"{entry.size:>10} {entry.content_type:<28} {expires:>10} {entry.etag}"
+                expires = "-" if entry.expires_at is None else _utc(entry.expires_at)
+                columns = f"{entry.size:>10} {entry.content_type:<28} {expires:>20} {entry.etag}"
                 print(f"{columns} {entry.key}")
             elif args.long:
-                print(f"{'PREFIX':>10} {'':<28} {'':>10} {'':<20} {entry.key}")
+                print(f"{'PREFIX':>10} {'':<28} {'':>20} {'':<20} {entry.key}")
             else:
                 print(entry.key)
     return EXIT_OK
@@ -178,7 +185,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ls = commands.add_parser("ls", parents=[common], help="list keys in key order")
     ls.add_argument("prefix", nargs="?", default="")
     ls.add_argument("-s", "--separator", help="one level: fold keys below the next separator")
-    ls.add_argument("-l", "--long", action="store_true", help="size, content type, expiry, etag")
+    ls.add_argument(
+        "-l", "--long", action="store_true", help="size, content type, expiry (UTC), etag"
+    )
     ls.set_defaults(func=cmd_ls)
 
     watch = commands.add_parser("watch", parents=[common], help="print changes as they commit")

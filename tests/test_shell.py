@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import subprocess
@@ -77,6 +78,12 @@ def test_ls_and_delete(nav):
     assert nav("ls", "a/", "--separator", "/").stdout.decode().split() == ["a/1", "a/2", "a/sub/"]
     long = nav("ls", "-l", "b").stdout.decode()
     assert "text/plain" in long and long.strip().endswith(" b") and long.split()[0] == "1"
+    nav("put", "brief", "v", "--ttl", "3600")
+    size, content_type, expires, etag, key = nav("ls", "-l", "brief").stdout.decode().split()
+    # the expiry in UTC, to the second, as etcd and Consul print times; not seconds since 1970
+    left = datetime.datetime.fromisoformat(expires) - datetime.datetime.now(datetime.UTC)
+    assert expires.endswith("Z") and 3590 < left.total_seconds() <= 3600 and key == "brief"
+    nav("delete", "brief")
     assert nav("delete", "a/", "--prefix").stdout.decode().strip() == "3"
     assert nav("delete", "b").returncode == 0
     assert nav("ls").stdout == b""
