@@ -67,7 +67,8 @@ def key_from_path(env: dict, route_prefix: str) -> str:
 
 
 def query(env: dict) -> dict[str, str]:
-    """The query string's parameters, decoded strictly; the last of a repeated name wins."""
+    """The query string's parameters, decoded strictly. Each takes one value, so a name given
+    twice (``?ttl=5&ttl=60``) is refused: which one the client meant is anybody's guess."""
     raw = env.get("QUERY_STRING", "")
     params: dict[str, str] = {}
     if not raw:
@@ -77,6 +78,8 @@ def query(env: dict) -> dict[str, str]:
             continue
         name, _, value = part.partition(b"=")
         name_text = percent_decode(name, "query parameter name", plus_is_space=True)
+        if name_text in params:
+            raise InvalidRequest(f"the query parameter {name_text!r} is given twice; give it once")
         params[name_text] = percent_decode(
             value, f"query parameter {name_text!r}", plus_is_space=True
         )

@@ -59,6 +59,7 @@ BAD_INPUTS = [
     ("PUT", "/v1/keys/t?ttl=", b"v", {}, 400),
     ("PUT", "/v1/keys/t?ttl=%FF", b"v", {}, 400),
     ("PUT", "/v1/keys/t?ttl=99999999999999999999", b"v", {}, 400),
+    ("PUT", "/v1/keys/t?ttl=5&ttl=60", b"v", {}, 400),  # which one? refused, not guessed
     # preconditions
     ("PUT", "/v1/keys/p", b"v", {"If-Match": "not-quoted"}, 400),
     ("PUT", "/v1/keys/p", b"v", {"If-Match": '"open'}, 400),
@@ -77,6 +78,8 @@ BAD_INPUTS = [
     ("GET", "/v1/keys?prefix=%FF", None, {}, 400),
     ("GET", "/v1/keys?after=%00", None, {}, 200),  # any text may be an `after`
     ("GET", "/v1/keys?prefix=a%zz", None, {}, 400),
+    ("GET", "/v1/keys?prefix=a&prefix=b", None, {}, 400),
+    ("DELETE", "/v1/keys?prefix=p&prefix=", None, {}, 400),
     ("DELETE", "/v1/keys", None, {}, 400),
     ("DELETE", "/v1/keys?prefix=%00", None, {}, 400),
     ("GET", "/v1/changes?since=-1", None, {}, 400),
@@ -85,6 +88,7 @@ BAD_INPUTS = [
     ("GET", "/v1/changes?limit=0", None, {}, 400),
     ("GET", "/v1/changes?key=a&prefix=b", None, {}, 400),
     ("GET", "/v1/changes?key=%00", None, {}, 400),
+    ("GET", "/v1/changes?since=1&since=0", None, {}, 400),
     # batches
     ("POST", "/v1/batch", b'{"ops": [', JSON, 400),
     ("POST", "/v1/batch", b"[]", JSON, 400),
