@@ -7,7 +7,7 @@ import pytest
 from navistore import errors
 from navistore.hookspecs import hookimpl
 from navistore.node import META_PURGED_SEQ, check_key, past_prefix
-from navistore.record import ABSENT, PRESENT, Record, make_stamp, parse_stamp
+from navistore.record import ABSENT, ANY, PRESENT, Record, make_stamp, parse_stamp
 
 
 @pytest.mark.parametrize(
@@ -238,6 +238,38 @@ def test_delete_prefix(node):
         node.put(key, b"v")
     assert node.delete_prefix("a/") == 2
     assert [r.key for r in node.list()[0]] == ["ab", "b"]
+
+
+def test_delete_prefix_commits_a_page_of_keys_at_a_time(node, monkeypatch):
+    node.commit_many([(node.make_record(f"p/{i:03d}", b"v"), ANY) for i in range(250)])
+    node.put("q", b"kept")
+    commits = []
+    commit_many = node.store.commit_many
+    monkeypatch.setattr(
+        node.store, "commit_many", lambda items: commits.append(items) or commit_many(items)
+    )
+    assert node.delete_prefix("p/") == 250
+    assert [len(items) for items in commits] == [100, 100, 50]
+    assert [r.key for r in node.list()[0]] == ["q"]
+    tombstones, _ = node.changes(node.last_seq() - 250, limit=1000)
+    assert len(tombstones) == 250 and all(record.deleted for record in tombstones)
+
+
+def test_delete_prefix_leaves_a_key_written_meanwhile(node, monkeypatch):
+    for key in ["a/1", "a/2", "a/3"]:
+        node.put(key, b"old")
+    scan = node.store.scan
+
+    def scan_then_write(*args, **kwargs):
+        page = scan(*args, **kwargs)
+        if page:
+            node.put("a/2", b"newer")  # after the page was read, before its delete
+        return page
+
+    monkeypatch.setattr(node.store, "scan", scan_then_write)
+    assert node.delete_prefix("a/") == 2
+    assert node.get("a/2").value == b"newer"
+    assert [r.key for r in node.list()[0]] == ["a/2"]
 
 
 def test_status(node):
