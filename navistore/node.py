@@ -47,6 +47,7 @@ from navistore.record import (
     parse_stamp,
 )
 from navistore.settings import BY_NAME, Settings
+from navistore.shared import SharedCalls
 from navistore.store import Backend, Store, listing_json, scan_page, url_scheme
 
 log = logging.getLogger("navistore")
@@ -137,6 +138,9 @@ class Node:
         self._key_watches: dict[str, set[threading.Event]] = {}
         self._prefix_watches: dict[str, set[threading.Event]] = {}
         self._watching = 0  # watches waiting, for max_watchers
+        # A watch's looks at the feed (self.changes, looked up at each call): the watches that
+        # one commit woke ask the same question at the same moment, and share the answer.
+        self._looks = SharedCalls(lambda *args: self.changes(*args))
         # Expiry times of records committed through this node (and the store's soonest, see
         # _ask_store), soonest first, so that the purge loop turns them into tombstones (changes
         # a watch sees) when they fall due rather than at the next regular purge. The event tells
@@ -387,7 +391,7 @@ class Node:
             watches.setdefault(name, set()).add(woken)
         try:
             # Registered before the first look: a matching commit that the look misses sets woken.
-            records, last_seq = self.changes(since, limit, prefix, key)
+            records, last_seq = self._looks.call(since, limit, prefix, key)
             if records or since > last_seq or self.stopping:
                 return records, last_seq
             with self._watch_lock:
@@ -406,7 +410,7 @@ class Node:
                     woken.clear()  # before the look: a commit after it sets it again
                     if self.stopping:
                         return records, last_seq
-                    records, last_seq = self.changes(since, limit, prefix, key)
+                    records, last_seq = self._looks.call(since, limit, prefix, key)
                     if records:
                         return records, last_seq
             finally:
