@@ -201,10 +201,8 @@ def test_expiries_past_the_tracked_bound_reach_a_watch_when_due(make_node, monke
         since = changes[-1]["seq"]
 
 
-def test_watches_woken_by_one_commit_share_their_looks_at_the_feed(node):
-    """Fifty watches on one prefix each read the feed after a commit woke them (three round trips
-    each on PostgreSQL: GET fell to 0.17x, bench/watchers.py); those that ask at the same time
-    share one read, begun after they asked."""
+def count_looks(node) -> list:
+    """The arguments of every look a watch takes at the feed (``node.changes``), from now on."""
     look = node.changes
     looks = []
 
@@ -213,6 +211,14 @@ def test_watches_woken_by_one_commit_share_their_looks_at_the_feed(node):
         return look(*args, **kwargs)
 
     node.changes = counted
+    return looks
+
+
+def test_watches_woken_by_one_commit_share_their_looks_at_the_feed(node):
+    """Fifty watches on one prefix each read the feed after a commit woke them (three round trips
+    each on PostgreSQL: GET fell to 0.17x, bench/watchers.py); those that ask at the same time
+    share one read, begun after they asked."""
+    looks = count_looks(node)
     since = node.last_seq()
     answers = []
     watches = [
@@ -237,14 +243,7 @@ def test_watches_woken_by_one_commit_share_their_looks_at_the_feed(node):
 def test_a_write_elsewhere_does_not_wake_a_watch(node):
     """Only writes the watch asked about wake it: with every write waking every watch, 50
     watches on a quiet prefix cut PUT throughput to 0.14x (bench/watchers.py)."""
-    look = node.changes
-    looks = []
-
-    def counted(*args, **kwargs):
-        looks.append(args)
-        return look(*args, **kwargs)
-
-    node.changes = counted
+    looks = count_looks(node)
     results = {}
     for name, kwargs in (("prefix", {"prefix": "w/"}), ("key", {"key": "w/one"})):
         since = node.last_seq()
