@@ -203,6 +203,26 @@ def check_write(
     return live
 
 
+def check_writes(
+    items: Sequence[tuple[Record, Expect | str]],
+    current: dict[str, Record | None],
+    now: float,
+) -> list[tuple[Record, Record | None]]:
+    """One writer's checks (``commit_many``'s items), each item against what its key holds after
+    the writer's items before it, for a backend that commits several writers in one transaction:
+    ``current`` is what the store holds for every key (None: nothing). Raise as ``check_write``
+    does, naming the item's index in a batch; return (record, live record it replaces) per item.
+    ``current`` is left as it was: the caller writes the items, then records them there."""
+    results = []
+    mine: dict[str, Record] = {}
+    for index, (record, expect) in enumerate(items):
+        stored = mine.get(record.key) or current[record.key]
+        live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
+        mine[record.key] = record
+        results.append((record, live))
+    return results
+
+
 def prefix_end(prefix: bytes) -> bytes | None:
     """The smallest byte string greater than every string that starts with ``prefix``.
 

@@ -37,7 +37,7 @@ from navistore.errors import (
     StoreFull,
 )
 from navistore.record import Expect, Record
-from navistore.store import check_write, prefix_end
+from navistore.store import check_writes, prefix_end
 from navistore_sqlite.cache import MISS, ReadCache
 
 SCHEMA_VERSION = 1
@@ -477,7 +477,7 @@ class SqliteStore:
             rows: list[Record] = []
             for waiter in group:
                 try:
-                    waiter.result = self._check(waiter.items, current, now)
+                    waiter.result = check_writes(waiter.items, current, now)
                 except (PreconditionFailed, StaleStamp) as exc:
                     waiter.error = exc
                     continue
@@ -491,23 +491,6 @@ class SqliteStore:
             if rows:
                 self._insert(conn, rows)
             committed.extend(rows)
-
-    @staticmethod
-    def _check(
-        items: Sequence[tuple[Record, Expect | str]],
-        current: dict[str, Record | None],
-        now: float,
-    ) -> list[tuple[Record, Record | None]]:
-        """One writer's checks, each item against what the key holds after the items before it;
-        (record, live record it replaces) per item."""
-        results = []
-        mine: dict[str, Record] = {}
-        for index, (record, expect) in enumerate(items):
-            stored = mine.get(record.key) or current[record.key]
-            live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
-            mine[record.key] = record
-            results.append((record, live))
-        return results
 
     def merge(self, record: Record) -> Record | None:
         with self._cache.committing() as committed, self._writing(transaction=False) as conn:
