@@ -6,6 +6,11 @@ gap-free: a seq is taken inside the committing transaction, so no record with a 
 commit after one with a higher seq is visible. (A PostgreSQL sequence hands numbers out in call
 order, not commit order: a reader of ``changes(since)`` could skip a record that commits late.)
 
+Writers on one node commit in groups: those that arrive while a write transaction is open queue
+up, and the next transaction commits them all (up to 64), each checked against what the ones
+before it wrote; a writer whose check fails is left out, and the others commit. One commit, one
+flush of PostgreSQL's log and one hold of the counter lock serve the whole group.
+
 Each commit sends ``NOTIFY`` on the store's channel, naming the store instance that made it and
 the keys it wrote; a listener thread on every other node wakes the watches on those keys, and
 replication, so a watch on one node wakes on a write made through another (and only on a write
@@ -34,9 +39,16 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from navistore import slots
-from navistore.errors import SettingsError, StoreBusy, StoreError, StoreFull
+from navistore.errors import (
+    PreconditionFailed,
+    SettingsError,
+    StaleStamp,
+    StoreBusy,
+    StoreError,
+    StoreFull,
+)
 from navistore.record import Expect, Record
-from navistore.store import check_write, listing_json, prefix_end, scan_page
+from navistore.store import check_writes, listing_json, prefix_end, scan_page
 
 log = logging.getLogger("navistore.postgres")
 
@@ -80,6 +92,22 @@ _MIGRATIONS: dict[int, str] = {}
 #: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more. A commit whose keys do not fit
 #: notifies without them, and wakes every watch.
 NOTIFY_PAYLOAD_BYTES = 7900
+
+
+_GROUP_MAX = 64  # writers committed in one transaction at most
+
+
+class _Writer:
+    """A writer in line: a leader commits it, or hands it the lead."""
+
+    __slots__ = ("items", "result", "error", "leads", "woken")
+
+    def __init__(self, items: Sequence[tuple[Record, Expect | str]]) -> None:
+        self.items = items
+        self.result: list[tuple[Record, Record | None]] | None = None
+        self.error: BaseException | None = None
+        self.leads = False
+        self.woken = threading.Event()
 
 
 class _Writes:
@@ -197,6 +225,9 @@ class PostgresStore:
         self._listeners: list[Callable[[], None]] = []
         self._closed = threading.Event()
         self._instance = hashlib.sha1(f"{id(self)}{time.time()}".encode()).hexdigest()[:16]
+        self._line: list[_Writer] = []  # writers waiting for a transaction (see commit_many)
+        self._line_lock = threading.Lock()
+        self._leading = False  # a writer is committing the line
         self._node_id: str | None = None
         try:
             self._pool = psycopg_pool.ConnectionPool(
@@ -306,30 +337,45 @@ class PostgresStore:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _translate(exc) from exc
 
-    def _stored(self, cur: psycopg.Cursor, key: bytes) -> Record | None:
-        cur.execute(self._sql(f"SELECT {_COLUMNS} FROM {{s}}.records WHERE key = %s"), (key,))
-        row = cur.fetchone()
-        return _record(row) if row else None
-
-    def _write(self, cur: psycopg.Cursor, record: Record, seq: int) -> Record:
-        value = b"" if record.deleted else bytes(record.value or b"")
+    def _stored(self, cur: psycopg.Cursor, keys: Sequence[str]) -> dict[str, Record | None]:
+        """What each of ``keys`` holds (None: nothing), in one round trip."""
+        found: dict[str, Record | None] = dict.fromkeys(keys)
         cur.execute(
+            self._sql(f"SELECT {_COLUMNS} FROM {{s}}.records WHERE key = ANY(%s)"),
+            ([key.encode("utf-8") for key in found],),
+        )
+        for row in cur.fetchall():
+            record = _record(row)
+            found[record.key] = record
+        return found
+
+    def _write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
+        """Write ``records`` (as stored: with their seqs), in order, in one round trip."""
+        cur.executemany(
             self._sql(
                 f"INSERT INTO {{s}}.records ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, "
                 "content_type = EXCLUDED.content_type, stamp = EXCLUDED.stamp, "
                 "deleted = EXCLUDED.deleted, expires_at = EXCLUDED.expires_at, seq = EXCLUDED.seq"
             ),
-            (
-                record.key.encode("utf-8"),
-                value,
-                record.content_type,
-                record.stamp,
-                record.deleted,
-                record.expires_at,
-                seq,
-            ),
+            [
+                (
+                    r.key.encode("utf-8"),
+                    r.value,
+                    r.content_type,
+                    r.stamp,
+                    r.deleted,
+                    r.expires_at,
+                    r.seq,
+                )
+                for r in records
+            ],
         )
+
+    @staticmethod
+    def _as_stored(record: Record, seq: int) -> Record:
+        """``record`` as its row holds it: its seq, and no value if it is a tombstone."""
+        value = b"" if record.deleted else bytes(record.value or b"")
         return record.replace(value=value, seq=seq)
 
     # -- the Store protocol ----------------------------------------------------------------
@@ -347,27 +393,76 @@ class PostgresStore:
     def commit_many(
         self, items: Sequence[tuple[Record, Expect | str]]
     ) -> list[tuple[Record, Record | None]]:
+        """Commit through a group commit (see the module's docstring): the writer first in line
+        leads, commits everyone in line (itself among them) in one transaction, and hands the
+        lead to the first writer that queued up meanwhile. Each returns only after the commit
+        that holds its write."""
         if not items:
             return []
+        writer = _Writer(items)
+        with self._line_lock:
+            self._line.append(writer)
+            writer.leads = not self._leading
+            self._leading = True
+        if not writer.leads:
+            writer.woken.wait()  # committed, or handed the lead
+        if writer.leads:
+            self._lead()
+        if writer.error is not None:
+            raise writer.error
+        return writer.result
+
+    def _lead(self) -> None:
+        """Commit the writers in line (this one is first), then hand the lead on."""
+        with self._line_lock:
+            group = self._line[:_GROUP_MAX]
+            del self._line[:_GROUP_MAX]
+        try:
+            self._commit_group(group)
+        except BaseException as exc:  # nothing of it committed: every writer gets the error
+            for writer in group:
+                if writer.error is None:
+                    writer.result, writer.error = None, exc
+        finally:
+            with self._line_lock:
+                successor = self._line[0] if self._line else None
+                if successor is None:
+                    self._leading = False
+                else:
+                    successor.leads = True
+            for writer in group:
+                writer.woken.set()
+            if successor is not None:
+                successor.woken.set()
+
+    def _commit_group(self, group: list[_Writer]) -> None:
         now = time.time()
-        results = []
         with self._writing() as (cur, writes):
-            for index, (record, expect) in enumerate(items):
-                stored = self._stored(cur, record.key.encode("utf-8"))
-                live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
-                results.append((self._write(cur, record, writes.next_seq(record.key)), live))
-        return results
+            current = self._stored(cur, [record.key for w in group for record, _ in w.items])
+            rows: list[Record] = []
+            for writer in group:
+                try:
+                    checked = check_writes(writer.items, current, now)
+                except (PreconditionFailed, StaleStamp) as exc:
+                    writer.error = exc
+                    continue
+                writer.result = []
+                for record, live in checked:
+                    stored = self._as_stored(record, writes.next_seq(record.key))
+                    current[record.key] = stored
+                    rows.append(stored)
+                    writer.result.append((stored, live))
+            if rows:
+                self._write(cur, rows)
 
     def merge(self, record: Record) -> Record | None:
         with self._writing() as (cur, writes):
-            cur.execute(
-                self._sql("SELECT stamp FROM {s}.records WHERE key = %s"),
-                (record.key.encode("utf-8"),),
-            )
-            row = cur.fetchone()
-            if row is not None and record.stamp <= row[0]:
+            stored = self._stored(cur, [record.key])[record.key]
+            if stored is not None and record.stamp <= stored.stamp:
                 return None
-            return self._write(cur, record, writes.next_seq(record.key))
+            stored = self._as_stored(record, writes.next_seq(record.key))
+            self._write(cur, [stored])
+            return stored
 
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
