@@ -13,7 +13,14 @@ from navistore.node import Node
 from navistore.record import ABSENT, ANY, PRESENT, Clock, Expect, Record
 from navistore.replication import Replication, Replicator
 from navistore.settings import Settings, load_settings
-from navistore.store import Backend, Store, check_precondition, check_write, prefix_end
+from navistore.store import (
+    Backend,
+    Store,
+    check_precondition,
+    check_write,
+    check_writes,
+    prefix_end,
+)
 
 __all__ = [
     "ABSENT",
@@ -31,6 +38,7 @@ __all__ = [
     "__version__",
     "check_precondition",
     "check_write",
+    "check_writes",
     "create_app",
     "errors",
     "hookimpl",
