@@ -606,6 +606,45 @@ class BackendSuite(SuiteFixtures):
             t.join()
         assert store.get("counter").value == str(per_thread * threads_count).encode()
 
+    @requires("concurrent")
+    def test_racing_writers_fail_only_where_their_own_check_fails(self, store):
+        """16 writers at once (a group commit may put them in one transaction): those whose
+        precondition fails get PreconditionFailed, every other one commits, seqs stay unique,
+        and the failed ones leave nothing behind."""
+        from navistore.record import Clock
+
+        clock = Clock("suite")
+        store.commit(record("taken", b"x", clock.now()), ANY)
+        barrier = threading.Barrier(16)
+        outcomes: dict[tuple[int, int], object] = {}
+
+        def write(i: int) -> None:
+            key, expect = (f"free/{i}", ANY) if i % 4 else ("taken", ABSENT)
+            barrier.wait()
+            for round_ in range(20):
+                try:
+                    stored, _ = store.commit(
+                        record(key, f"{i}-{round_}".encode(), clock.now()), expect
+                    )
+                    outcomes[(i, round_)] = stored.seq
+                except PreconditionFailed:
+                    outcomes[(i, round_)] = "refused"
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seqs = [v for v in outcomes.values() if v != "refused"]
+        refused = [k for k, v in outcomes.items() if v == "refused"]
+        assert len(refused) == 4 * 20 and all(i % 4 == 0 for i, _ in refused)
+        assert len(seqs) == 12 * 20 == len(set(seqs))
+        assert store.get("taken").value == b"x"
+        assert store.last_seq() == 1 + len(seqs)
+        for i in range(1, 16):
+            if i % 4:
+                assert store.get(f"free/{i}").value == f"{i}-19".encode()
+
     # -- persistence ------------------------------------------------------------------------
 
     @requires("persistent")

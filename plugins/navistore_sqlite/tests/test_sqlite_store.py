@@ -202,45 +202,6 @@ def test_the_read_cache_keeps_to_its_budget_dropping_the_oldest_first():
     assert cache._bytes == sum(cache._cost(key, cache.lookup(key)) for key in kept[1:])
 
 
-def test_group_commit_fails_only_the_writer_whose_check_failed(store):
-    """Writers racing in: the ones whose precondition fails get PreconditionFailed, every other
-    one commits, seqs stay unique, and the failed ones leave nothing behind."""
-    from navistore.errors import PreconditionFailed
-    from navistore.record import ABSENT, Clock
-
-    clock = Clock("g")
-    store.commit(Record("taken", b"x", stamp=clock.now()), ANY)
-    barrier = threading.Barrier(16)
-    outcomes: dict[int, object] = {}
-
-    def write(i: int) -> None:
-        key, expect = (f"free/{i}", ANY) if i % 4 else ("taken", ABSENT)
-        barrier.wait()
-        for round_ in range(20):
-            try:
-                stored, _ = store.commit(
-                    Record(key, f"{i}-{round_}".encode(), stamp=clock.now()), expect
-                )
-                outcomes[(i, round_)] = stored.seq
-            except PreconditionFailed:
-                outcomes[(i, round_)] = "refused"
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seqs = [v for v in outcomes.values() if v != "refused"]
-    refused = [k for k, v in outcomes.items() if v == "refused"]
-    assert len(refused) == 4 * 20 and all(i % 4 == 0 for i, _ in refused)
-    assert len(seqs) == 12 * 20 == len(set(seqs))
-    assert store.get("taken").value == b"x"
-    assert store.last_seq() == 1 + len(seqs)
-    for i in range(1, 16):
-        if i % 4:
-            assert store.get(f"free/{i}").value == f"{i}-19".encode()
-
-
 def test_seqs_go_on_from_the_newest_record_after_reopening(tmp_path):
     path = str(tmp_path / "r.db")
     store = SqliteStore(path)
