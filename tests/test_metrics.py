@@ -117,11 +117,13 @@ def test_latency_buckets_are_cumulative_and_tallies_from_every_thread_count():
 
 
 def test_requests_served_by_many_threads_are_all_counted(client):
-    def put_many() -> None:
+    def put_many(n: int) -> None:
+        # Keys by thread number, not thread ident: a finished thread's ident may be reused, and
+        # a PUT to a key that exists answers 200, not the 201 counted here.
         for i in range(50):
-            client.simulate_put(f"/v1/keys/t/{threading.get_ident()}/{i}", body=b"v")
+            client.simulate_put(f"/v1/keys/t/{n}/{i}", body=b"v")
 
-    threads = [threading.Thread(target=put_many) for _ in range(6)]
+    threads = [threading.Thread(target=put_many, args=(n,)) for n in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
