@@ -46,7 +46,7 @@ def test_callers_that_arrive_during_a_run_share_the_next_run_not_that_one():
     first, first_answer = call_in_threads(shared, 1, "p")
     assert function.started.acquire(timeout=5)  # run 1 is in progress
     later, later_answers = call_in_threads(shared, 10, "p")
-    time.sleep(0.2)  # the ten are waiting
+    time.sleep(0.5)  # the ten are waiting (they only have to start and ask)
     function.gate.set()
     for thread in first + later:
         thread.join(timeout=5)
@@ -96,7 +96,7 @@ def test_a_failed_run_is_not_shared():
     assert started.wait(5)
     for thread in threads[1:]:
         thread.start()
-    time.sleep(0.2)
+    time.sleep(0.5)
     gate.set()
     for thread in threads:
         thread.join(timeout=5)
