@@ -812,6 +812,12 @@ def check_ttl(ttl: int) -> None:
         raise InvalidRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")
 
 
+def printable_ascii(text: str) -> bool:
+    """Whether ``text`` is printable ASCII (U+0020-U+007E): what a content type may hold, as it
+    goes back out in a header."""
+    return text.isascii() and text.isprintable()
+
+
 def check_content_type(content_type: str | None) -> str:
     """The content type to store (the default for none); ``InvalidRequest`` unless it is at most
     255 characters of printable ASCII. It goes back out in the Content-Type header of every read,
@@ -824,10 +830,8 @@ def check_content_type(content_type: str | None) -> str:
         raise InvalidRequest(
             f"the content type is {len(content_type)} characters; the limit is {MAX_CONTENT_TYPE}"
         )
-    if not (content_type.isascii() and content_type.isprintable()):
-        position, char = next(
-            (i, c) for i, c in enumerate(content_type) if not (c.isascii() and c.isprintable())
-        )
+    if not printable_ascii(content_type):
+        position, char = next((i, c) for i, c in enumerate(content_type) if not printable_ascii(c))
         raise InvalidRequest(
             f"the content type holds U+{ord(char):04X} at position {position}; a content type "
             "is printable ASCII (U+0020-U+007E), such as text/plain; charset=utf-8"

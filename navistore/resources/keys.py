@@ -6,7 +6,7 @@ import falcon
 
 from navistore import _http
 from navistore.errors import InvalidRequest, PreconditionFailed
-from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node
+from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node, printable_ascii
 from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect
 from navistore.store import dump_json, listing_entry
 
@@ -55,7 +55,7 @@ class KeyResource:
             resp.status = falcon.HTTP_304
             return
         content_type = record.content_type
-        if not (content_type.isascii() and content_type.isprintable()):
+        if not printable_ascii(content_type):
             # Stored before content types were held to printable ASCII: no header carries it.
             content_type = DEFAULT_CONTENT_TYPE
         resp.content_type = content_type
