@@ -58,6 +58,9 @@ MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_BATCH_OPS = 128
 MAX_BATCH_BYTES = 8 * 1024 * 1024
+#: The value bytes a page read with ``values=true`` carries at most (its first value always goes,
+#: whatever its size): base64 makes the answer about a third larger.
+MAX_PAGE_VALUE_BYTES = 4 * 1024 * 1024
 MAX_CONTENT_TYPE = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STALE_RETRIES = 8
@@ -301,6 +304,30 @@ class Node:
             return scan_listing(prefix, after, limit)
         records, next_after = scan_page(self.store, prefix, after, limit)
         return listing_json(records), next_after
+
+    def read_page(
+        self,
+        prefix: str = "",
+        after: str = "",
+        limit: int = DEFAULT_LIMIT,
+        max_bytes: int = MAX_PAGE_VALUE_BYTES,
+    ) -> tuple[list[Record], str | None]:
+        """A listing page with the values (``GET /v1/keys?values=true``): live records in key
+        order, all read by one ``store.scan``, so the page is one moment of the store, and
+        ``next`` when more follow. A page ends early rather than carry more than ``max_bytes``
+        of values, though never before its first record.
+
+        The sizes come first, from a scan without values, so that a page of ``limit`` large
+        values is never loaded only to be cut; the page is cut again by the sizes it was read
+        with, should values have grown in between."""
+        _check_limit(limit)
+        count = len(_within(self.store.scan(prefix, after, limit, values=False), max_bytes))
+        if not count:
+            return [], None
+        records = self.store.scan(prefix, after, count + 1, values=True)
+        page = _within(records[:count], max_bytes)
+        more = len(records) > len(page)
+        return page, (page[-1].key if more else None)
 
     def _list_folded(
         self, prefix: str, after: str, limit: int, separator: str
@@ -837,6 +864,16 @@ def check_content_type(content_type: str | None) -> str:
             "is printable ASCII (U+0020-U+007E), such as text/plain; charset=utf-8"
         )
     return content_type
+
+
+def _within(records: Sequence[Record], max_bytes: int) -> list[Record]:
+    """The first of ``records`` whose sizes add up to at most ``max_bytes`` (at least one)."""
+    total = 0
+    for count, record in enumerate(records):
+        total += record.size
+        if count and total > max_bytes:
+            return list(records[:count])
+    return list(records)
 
 
 def _check_limit(limit: int) -> None:

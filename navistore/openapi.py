@@ -137,6 +137,11 @@ _SCHEMAS: dict[str, Any] = {
                         "size": {"type": "integer", "minimum": 0},
                         "content_type": {"type": "string"},
                         "expires_at": {"type": ["number", "null"]},
+                        "value": {
+                            "type": "string",
+                            "contentEncoding": "base64",
+                            "description": "the value, with values=true only",
+                        },
                     },
                 },
             },
@@ -287,6 +292,12 @@ _PATHS: dict[str, Any] = {
                     "separator",
                     "fold keys below the next separator into prefixes",
                     {"type": "string"},
+                ),
+                _query(
+                    "values",
+                    "true: each entry carries its value (base64), the page read at one moment "
+                    "and cut before 4 MiB of values; takes no separator",
+                    {"type": "boolean", "default": False},
                 ),
             ],
             "responses": {

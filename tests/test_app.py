@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -127,6 +128,34 @@ def test_listing_limits(client):
         result = client.simulate_get("/v1/keys", query_string=f"limit={bad}")
         assert result.status_code == 400 and "1000" in result.json["description"]
     assert client.simulate_get("/v1/keys", query_string="limit=1000").status_code == 200
+
+
+def test_reading_values_takes_a_boolean_and_no_separator(client):
+    put(client, "/v1/keys/a/1")
+    for query, named in [
+        ("values=yes", "values must be true or false"),
+        ("values=true&separator=/", "drop separator"),
+    ]:
+        result = client.simulate_get("/v1/keys", query_string=query)
+        assert result.status_code == 400 and named in result.json["description"]
+    for query in ["values=false", "values=0", "values=false&prefix=a/&separator=/"]:
+        entry = client.simulate_get("/v1/keys", query_string=query).json["keys"][0]
+        assert "value" not in entry
+    entry = client.simulate_get("/v1/keys", query_string="values=1").json["keys"][0]
+    assert entry["value"] == "dg=="  # b"v"
+
+
+def test_a_page_of_values_stops_at_4_mib(make_node):
+    node = make_node()
+    client = falcon.testing.TestClient(create_app(node))
+    for i in range(6):
+        node.put(f"big/{i}", bytes([i]) * (1024 * 1024))
+    first = client.simulate_get("/v1/keys", params={"values": "true"})
+    assert [e["key"] for e in first.json["keys"]] == [f"big/{i}" for i in range(4)]
+    assert first.json["next"] == "big/3"
+    rest = client.simulate_get("/v1/keys", params={"values": "true", "after": "big/3"}).json
+    assert [e["key"] for e in rest["keys"]] == ["big/4", "big/5"] and rest["next"] is None
+    assert base64.b64decode(rest["keys"][1]["value"]) == b"\x05" * (1024 * 1024)
 
 
 def test_deleting_everything_must_be_meant(client):

@@ -181,6 +181,41 @@ def test_listing_one_level_with_a_separator(node):
     assert [r.key for r in records] == ["a/1", "a/2"] and prefixes == ["a/x/"]
 
 
+def test_a_page_with_values_is_cut_by_their_bytes(node):
+    for i, size in enumerate([300, 300, 300, 1000, 10]):
+        node.put(f"v/{i}", bytes([i]) * size)
+    node.put("w", b"not under the prefix")
+    records, next_after = node.read_page("v/", max_bytes=700)
+    assert [r.key for r in records] == ["v/0", "v/1"] and next_after == "v/1"
+    assert [r.value for r in records] == [b"\x00" * 300, b"\x01" * 300]
+    # A value larger than the bound still goes, alone: the page never stops before it starts.
+    records, next_after = node.read_page("v/", after="v/2", max_bytes=700)
+    assert [r.key for r in records] == ["v/3"] and next_after == "v/3"
+    records, next_after = node.read_page("v/", after="v/3", max_bytes=700)
+    assert [r.key for r in records] == ["v/4"] and next_after is None
+    records, next_after = node.read_page("v/", limit=2)
+    assert [r.key for r in records] == ["v/0", "v/1"] and next_after == "v/1"
+    assert node.read_page("none/") == ([], None)
+    with pytest.raises(errors.InvalidRequest):
+        node.read_page(limit=0)
+
+
+def test_a_page_with_values_is_cut_again_when_they_grew_between_its_two_reads(node):
+    for i in range(4):
+        node.put(f"g/{i}", b"x" * 100)
+    scan = node.store.scan
+
+    def scan_then_grow(prefix, after, limit, values=True):
+        found = scan(prefix, after, limit, values)
+        if not values:  # the sizes were read: a writer makes g/1 larger before the values are
+            node.put("g/1", b"y" * 1000)
+        return found
+
+    node.store.scan = scan_then_grow
+    records, next_after = node.read_page("g/", max_bytes=500)
+    assert [(r.key, r.size) for r in records] == [("g/0", 100)] and next_after == "g/0"
+
+
 def test_folded_prefixes_are_skipped_not_read(make_node):
     node = make_node()
     for i in range(300):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+
 import falcon
 
 from navistore import _http
 from navistore.errors import InvalidRequest, PreconditionFailed
 from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node, printable_ascii
-from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect
+from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect, Record
 from navistore.store import dump_json, listing_entry
 
 KEY_ROUTE = "/v1/keys/"
@@ -34,6 +36,13 @@ def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) 
     if if_none_match:
         raise InvalidRequest("on a write, If-None-Match takes only *")
     return default
+
+
+def _with_value(record: Record) -> dict:
+    """A listing entry with the value, base64 as in a batch (``GET /v1/keys?values=true``)."""
+    entry = listing_entry(record)
+    entry["value"] = base64.b64encode(record.value).decode("ascii")
+    return entry
 
 
 class KeyResource:
@@ -102,7 +111,15 @@ class KeysResource:
         limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         separator = params.get("separator", "")
         prefix, after = params.get("prefix", ""), params.get("after", "")
+        values = _http.boolean(params, "values")
+        if values and separator:
+            raise InvalidRequest("values=true reads every key under the prefix: drop separator")
+        # Read before the page: a watch from this index sees every change the page may miss.
         resp.set_header("X-Navistore-Index", str(self.node.last_seq()))
+        if values:
+            records, next_after = self.node.read_page(prefix, after, limit)
+            resp.media = {"keys": [_with_value(r) for r in records], "next": next_after}
+            return
         if separator:
             records, prefixes, next_after = self.node.list(prefix, after, limit, separator)
             resp.media = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from urllib.parse import quote
@@ -151,6 +152,39 @@ class HttpSuite(SuiteFixtures):
         assert top["prefixes"] == ["a/", "c/"] and [k["key"] for k in top["keys"]] == ["b"]
         inner = client.simulate_get("/v1/keys", params={"prefix": "a/", "separator": "/"}).json
         assert inner["prefixes"] == ["a/x/"] and [k["key"] for k in inner["keys"]] == ["a/1", "a/2"]
+
+    def test_reading_a_subtree_with_values(self, client):
+        values = {"a/1": bytes(range(256)), "a/2": b"", "a/3": b"\x00three", "ab": b"no", "b": b"x"}
+        for key, value in values.items():
+            client.simulate_put(f"/v1/keys/{key}", body=value, headers={"Content-Type": "x/y"})
+        client.simulate_delete("/v1/keys/a/3")  # a tombstone is not read
+        seen, after = [], None
+        while True:
+            params = {
+                "prefix": "a/",
+                "values": "true",
+                "limit": "1",
+                **({"after": after} if after else {}),
+            }
+            page = client.simulate_get("/v1/keys", params=params).json
+            seen += page["keys"]
+            after = page["next"]
+            if after is None:
+                break
+        assert [entry["key"] for entry in seen] == ["a/1", "a/2"]
+        assert [base64.b64decode(entry["value"]) for entry in seen] == [values["a/1"], b""]
+        etag = client.simulate_get("/v1/keys/a/1").headers["etag"]
+        assert seen[0] == {
+            "key": "a/1",
+            "etag": etag,
+            "size": 256,
+            "content_type": "x/y",
+            "expires_at": None,
+            "value": base64.b64encode(values["a/1"]).decode(),
+        }
+        everything = client.simulate_get("/v1/keys", params={"values": "true"}).json
+        assert [entry["key"] for entry in everything["keys"]] == ["a/1", "a/2", "ab", "b"]
+        assert everything["next"] is None
 
     def test_delete_by_prefix(self, client):
         for key in ["a/1", "a/2", "b"]:
