@@ -72,17 +72,13 @@ def dump(client: Client, out: IO[bytes], prefix: str = "") -> int:
         "created": time.time(),
     }
     out.write(json.dumps(header).encode() + b"\n")
-    for listed in client.list(prefix):
-        try:
-            entry = client.get(listed.key)
-        except errors.KeyNotFound:
-            continue  # deleted or expired since the listing
+    for entry in client.get_prefix(prefix):
         line = {
-            "key": listed.key,
+            "key": entry.key,
             "value": base64.b64encode(entry.value).decode("ascii"),
             "content_type": entry.content_type,
             "etag": entry.etag,
-            "expires_at": listed.expires_at,
+            "expires_at": entry.expires_at,
         }
         out.write(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
         progress.advance()

@@ -63,12 +63,13 @@ _ERRORS: dict[int, type[errors.NavistoreError]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """A value as ``get`` returns it."""
+    """A value as ``get`` returns it (``get_prefix`` also gives its expiry)."""
 
     key: str
     value: bytes
     content_type: str
     etag: str
+    expires_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +280,30 @@ class Client:
             entries = [Listed(**item) for item in page["keys"]]
             entries += [Listed(key=p, is_prefix=True) for p in page.get("prefixes", [])]
             yield from sorted(entries, key=lambda e: e.key.encode("utf-8"))
+            if page["next"] is None:
+                return
+            after = page["next"]
+
+    def get_prefix(
+        self, prefix: str = "", page_size: int = 1000, after: str = ""
+    ) -> Iterator[Entry]:
+        """Every key under ``prefix`` with its value, in key order, a page at a time (etcd's
+        ``get --prefix``, Consul's ``?recurse``). Each page is read at one moment; keys written
+        while later pages are read may show their newer value, or not at all if deleted."""
+        while True:
+            page = self._json(
+                "GET",
+                "/v1/keys",
+                query={"prefix": prefix, "after": after, "limit": page_size, "values": "true"},
+            )
+            for item in page["keys"]:
+                yield Entry(
+                    item["key"],
+                    base64.b64decode(item["value"]),
+                    item["content_type"],
+                    item["etag"],
+                    item["expires_at"],
+                )
             if page["next"] is None:
                 return
             after = page["next"]

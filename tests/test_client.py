@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from navistore import errors
 from navistore.client import Client, ClientError, Unauthorized, key_path
@@ -99,6 +100,41 @@ def test_listing_pages_automatically(client):
     assert [(e.key, e.is_prefix) for e in level] == [("p/sub/", True)]
     assert client.delete_prefix("p/") == 251
     assert list(client.list("p/")) == []
+
+
+def _requests(server, method: str, route: str) -> float:
+    """How many ``method`` requests to ``route`` the server has answered, from /metrics."""
+    text = server.request("GET", "/metrics").body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "navistore_requests_total"
+        and (sample.labels["method"], sample.labels["route"]) == (method, route)
+    )
+
+
+def test_get_prefix_reads_values_a_page_per_request(server, client):
+    values = {f"cfg/{i:04d}": bytes([i % 256, 0, 255]) * (i % 5) for i in range(250)}
+    keys = list(values)
+    for start in range(0, 250, 125):
+        client.batch(
+            [
+                {"op": "put", "key": k, "value": values[k], "content_type": "x/y", "ttl": 600}
+                for k in keys[start : start + 125]
+            ]
+        )
+    client.put("cfh", b"outside the prefix")
+    pages_before = _requests(server, "GET", "/v1/keys")
+    gets_before = _requests(server, "GET", "/v1/keys/{key:path}")
+    entries = list(client.get_prefix("cfg/", page_size=100))
+    assert _requests(server, "GET", "/v1/keys") - pages_before == 3
+    assert _requests(server, "GET", "/v1/keys/{key:path}") == gets_before
+    assert {e.key: e.value for e in entries} == values
+    assert [e.key for e in entries] == keys
+    first = client.get("cfg/0001")
+    assert (entries[1].etag, entries[1].content_type) == (first.etag, "x/y")
+    assert 0 < entries[1].expires_at - time.time() <= 600
 
 
 def test_batch_encodes_values(client):
