@@ -95,10 +95,21 @@ class Listed:
 
 @dataclasses.dataclass(frozen=True)
 class Change:
+    """A change in the feed; with ``values=True``, also what the key holds since (a deletion
+    holds nothing: None)."""
+
     seq: int
     key: str
     etag: str
     deleted: bool
+    value: bytes | None = None
+    content_type: str | None = None
+    expires_at: float | None = None
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> Change:
+        value = item.get("value")
+        return cls(**{**item, "value": None if value is None else base64.b64decode(value)})
 
 
 def key_path(key: str) -> str:
@@ -330,17 +341,27 @@ class Client:
         key: str | None = None,
         limit: int = 100,
         wait: int = 0,
+        values: bool = False,
     ) -> tuple[list[Change], int]:
-        """One page of the change feed after ``since``: (changes, the store's newest seq)."""
+        """One page of the change feed after ``since``: (changes, the store's newest seq); with
+        ``values``, each change carries the value it wrote."""
         query = {"since": since, "limit": limit, "wait": wait or None}
         query.update({"key": key} if key is not None else {"prefix": prefix or None})
+        if values:
+            query["values"] = "true"
         body = self._json("GET", "/v1/changes", query=query, timeout=self.timeout + wait)
-        return [Change(**c) for c in body["changes"]], body["last_seq"]
+        return [Change.from_json(c) for c in body["changes"]], body["last_seq"]
 
     def watch(
-        self, prefix: str = "", key: str | None = None, since: int | None = None, wait: int = 60
+        self,
+        prefix: str = "",
+        key: str | None = None,
+        since: int | None = None,
+        wait: int = 60,
+        values: bool = False,
     ) -> Iterator[Change]:
-        """Yield changes as they commit, from ``since`` (default: from now on), forever.
+        """Yield changes as they commit, from ``since`` (default: from now on), forever; with
+        ``values``, each with the value it wrote.
 
         Raises ``ChangesGone`` when the feed no longer reaches back to the position (resync from a
         listing). When every watcher slot is taken, it waits as the server says, and goes on.
@@ -349,7 +370,9 @@ class Client:
             since = self.status()["last_seq"]
         while True:
             try:
-                changes, last_seq = self.changes(since, prefix, key, limit=1000, wait=wait)
+                changes, last_seq = self.changes(
+                    since, prefix, key, limit=1000, wait=wait, values=values
+                )
             except errors.TooManyWatchers as busy:
                 time.sleep(busy.retry_after or 1)
                 continue

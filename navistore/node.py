@@ -321,11 +321,11 @@ class Node:
         values is never loaded only to be cut; the page is cut again by the sizes it was read
         with, should values have grown in between."""
         _check_limit(limit)
-        count = len(_within(self.store.scan(prefix, after, limit, values=False), max_bytes))
+        count = len(within_bytes(self.store.scan(prefix, after, limit, values=False), max_bytes))
         if not count:
             return [], None
         records = self.store.scan(prefix, after, count + 1, values=True)
-        page = _within(records[:count], max_bytes)
+        page = within_bytes(records[:count], max_bytes)
         more = len(records) > len(page)
         return page, (page[-1].key if more else None)
 
@@ -866,8 +866,9 @@ def check_content_type(content_type: str | None) -> str:
     return content_type
 
 
-def _within(records: Sequence[Record], max_bytes: int) -> list[Record]:
-    """The first of ``records`` whose sizes add up to at most ``max_bytes`` (at least one)."""
+def within_bytes(records: Sequence[Record], max_bytes: int = MAX_PAGE_VALUE_BYTES) -> list[Record]:
+    """The first of ``records`` whose values add up to at most ``max_bytes`` bytes (at least one:
+    a page never stops before it starts)."""
     total = 0
     for count, record in enumerate(records):
         total += record.size

@@ -163,6 +163,16 @@ _SCHEMAS: dict[str, Any] = {
                         "key": {"type": "string"},
                         "etag": {"type": "string"},
                         "deleted": {"type": "boolean"},
+                        "content_type": {
+                            "type": ["string", "null"],
+                            "description": "with values=true; null for a deletion",
+                        },
+                        "expires_at": {"type": ["number", "null"]},
+                        "value": {
+                            "type": ["string", "null"],
+                            "contentEncoding": "base64",
+                            "description": "with values=true; null for a deletion",
+                        },
                     },
                 },
             },
@@ -349,6 +359,12 @@ _PATHS: dict[str, Any] = {
                     "wait",
                     "hold up to this many seconds for a change",
                     {"type": "integer", "minimum": 0, "maximum": 600},
+                ),
+                _query(
+                    "values",
+                    "true: each change carries what the key holds since (base64), the page cut "
+                    "before 4 MiB of values",
+                    {"type": "boolean", "default": False},
                 ),
             ],
             "responses": {

@@ -9,6 +9,7 @@ reads stdin when no value is given, and the exit status says what happened: 0 do
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -97,11 +98,21 @@ def cmd_watch(args: argparse.Namespace) -> int:
     seen = 0
     with _client(args) as client:
         try:
-            for change in client.watch(args.prefix, key=args.key, since=args.since, wait=args.wait):
-                line = {"seq": change.seq, "key": change.key, "etag": change.etag}
-                print(
-                    json.dumps({**line, "deleted": change.deleted}, ensure_ascii=False), flush=True
-                )
+            changes = client.watch(
+                args.prefix, key=args.key, since=args.since, wait=args.wait, values=args.values
+            )
+            for change in changes:
+                line = {
+                    "seq": change.seq,
+                    "key": change.key,
+                    "etag": change.etag,
+                    "deleted": change.deleted,
+                }
+                if args.values:
+                    value = change.value
+                    line["value"] = None if value is None else base64.b64encode(value).decode()
+                    line["content_type"] = change.content_type
+                print(json.dumps(line, ensure_ascii=False), flush=True)
                 seen += 1
                 if args.count and seen >= args.count:
                     break
@@ -196,6 +207,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     watch.add_argument("--since", type=int, help="start after this seq (default: now)")
     watch.add_argument("--wait", type=int, default=60, help="seconds per long poll (default 60)")
     watch.add_argument("-n", "--count", type=int, help="stop after this many changes")
+    watch.add_argument(
+        "--values", action="store_true", help="with each change, the value (base64) it wrote"
+    )
     watch.set_defaults(func=cmd_watch)
 
     dump_ = commands.add_parser("dump", parents=[common], help="back up keys as JSON Lines")

@@ -158,6 +158,27 @@ def test_a_page_of_values_stops_at_4_mib(make_node):
     assert base64.b64decode(rest["keys"][1]["value"]) == b"\x05" * (1024 * 1024)
 
 
+def test_a_page_of_changes_with_values_stops_at_4_mib(make_node):
+    node = make_node()
+    client = falcon.testing.TestClient(create_app(node))
+    for i in range(6):
+        node.put(f"big/{i}", bytes([i]) * (1024 * 1024))
+    node.delete("big/0")
+    first = client.simulate_get("/v1/changes", params={"values": "true"}).json
+    assert [c["key"] for c in first["changes"]] == [f"big/{i}" for i in range(1, 5)]
+    since = first["changes"][-1]["seq"]
+    rest = client.simulate_get("/v1/changes", params={"values": "true", "since": since}).json
+    assert [(c["key"], c["deleted"]) for c in rest["changes"]] == [
+        ("big/5", False),
+        ("big/0", True),
+    ]
+    assert base64.b64decode(rest["changes"][0]["value"]) == b"\x05" * (1024 * 1024)
+    without = client.simulate_get("/v1/changes").json["changes"]
+    assert len(without) == 6 and "value" not in without[0]
+    bad = client.simulate_get("/v1/changes", query_string="values=all")
+    assert bad.status_code == 400 and "values must be true or false" in bad.json["description"]
+
+
 def test_deleting_everything_must_be_meant(client):
     put(client, "/v1/keys/a")
     refused = client.simulate_delete("/v1/keys")

@@ -168,6 +168,21 @@ def test_watch_yields_changes_as_they_commit(client):
     assert [(c.key, c.deleted) for c in seen] == [("w/1", False), ("w/2", False), ("w/1", True)]
 
 
+def test_watch_with_values_yields_what_each_change_wrote(client):
+    since = client.status()["last_seq"]
+    client.put("v/1", b"\x00one", content_type="x/y", ttl=600)
+    client.delete("v/1")
+    client.put("v/2", b"two")
+    changes = client.watch(prefix="v/", since=since, wait=1, values=True)
+    seen = [next(changes) for _ in range(2)]
+    assert [(c.key, c.value, c.content_type, c.deleted) for c in seen] == [
+        ("v/1", None, None, True),
+        ("v/2", b"two", "application/octet-stream", False),
+    ]
+    plain, _ = client.changes(since, prefix="v/")
+    assert [c.value for c in plain] == [None, None]  # no values unless asked
+
+
 def test_the_connection_is_reused(client, server):
     client.put("r", b"1")
     conn = client._local.conn

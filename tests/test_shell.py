@@ -105,6 +105,19 @@ def test_watch_prints_json_lines(nav, server):
     assert watcher.returncode == 0
 
 
+def test_watch_prints_values_when_asked(nav, server):
+    since = Client(server.url).status()["last_seq"]
+    nav("put", "w/1", "-t", "text/plain", stdin=b"\x00a")
+    nav("put", "w/2", "b")
+    nav("delete", "w/2")
+    watched = nav("watch", "w/", "--since", str(since), "--values", "--count", "2", "--wait", "1")
+    lines = [json.loads(line) for line in watched.stdout.decode().splitlines()]
+    assert [(c["key"], c["value"], c["content_type"]) for c in lines] == [
+        ("w/1", "AGE=", "text/plain"),
+        ("w/2", None, None),
+    ]
+
+
 def test_dump_and_load_10000_keys(serve, tmp_path):
     source, target = (
         serve("--store", "sqlite:///source.db"),

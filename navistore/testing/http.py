@@ -208,6 +208,36 @@ class HttpSuite(SuiteFixtures):
         only_b = client.simulate_get("/v1/changes", params={"key": "b"}).json["changes"]
         assert [c["key"] for c in only_b] == ["b"]
 
+    def test_the_change_feed_with_values(self, client):
+        client.simulate_put("/v1/keys/a", body=b"\x00\xff", headers={"Content-Type": "x/y"})
+        etag = client.simulate_put("/v1/keys/b", body=b"").headers["etag"]
+        client.simulate_delete("/v1/keys/a")
+        feed = client.simulate_get("/v1/changes", params={"values": "true"}).json["changes"]
+        assert [{k: v for k, v in c.items() if k != "seq"} for c in feed] == [
+            {
+                "key": "b",
+                "etag": etag,
+                "deleted": False,
+                "content_type": "application/octet-stream",
+                "expires_at": None,
+                "value": "",
+            },
+            {
+                "key": "a",
+                "etag": feed[1]["etag"],
+                "deleted": True,
+                "content_type": None,
+                "expires_at": None,
+                "value": None,
+            },
+        ]
+        client.simulate_put("/v1/keys/a", body=b"\x00\xff", headers={"Content-Type": "x/y"})
+        since = str(feed[-1]["seq"])
+        (again,) = client.simulate_get(
+            "/v1/changes", params={"since": since, "values": "true", "key": "a"}
+        ).json["changes"]
+        assert (again["value"], again["content_type"]) == ("AP8=", "x/y")
+
     @requires("batch")
     def test_a_batch_is_all_or_nothing(self, client, node):
         etag = client.simulate_put("/v1/keys/a", body=b"1").headers["etag"]
