@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import heapq
+import inspect
 import json
 import logging
 import re
@@ -129,6 +130,8 @@ class Node:
         else:
             self.backend = Backend(name=type(store).__name__, schemes=(), factory=lambda url: store)
         self.store: Store = store
+        # Whether the store's changes can leave the values out (an optional keyword).
+        self._changes_sized = "values" in inspect.signature(store.changes).parameters
         self.replication: Any = None
         self.replicator_name: str | None = None
         self._started = False
@@ -365,9 +368,15 @@ class Node:
         return records, prefixes, (last if more else None)
 
     def changes(
-        self, since: int = 0, limit: int = DEFAULT_LIMIT, prefix: str = "", key: str | None = None
+        self,
+        since: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        prefix: str = "",
+        key: str | None = None,
+        values: bool = True,
     ) -> tuple[list[Record], int]:
-        """Return (changes after ``since``, the store's newest seq), tombstones included."""
+        """Return (changes after ``since``, the store's newest seq), tombstones included. With
+        ``values=False``, a store that can leave the values out does (see ``Store.changes``)."""
         _check_limit(limit)
         if since < 0:
             raise InvalidRequest("since must be 0 or more")
@@ -382,16 +391,41 @@ class Node:
                 "Resync from a listing, then watch from its X-Navistore-Index"
             )
         if key is None:
-            return self.store.changes(since, limit, prefix), last_seq
+            return self._store_changes(since, limit, prefix, values), last_seq
         found: list[Record] = []
         cursor = since
         while len(found) < limit:
-            batch = self.store.changes(cursor, MAX_LIMIT, key)
+            batch = self._store_changes(cursor, MAX_LIMIT, key, values)
             found.extend(r for r in batch if r.key == key)
             if len(batch) < MAX_LIMIT:
                 break
             cursor = batch[-1].seq
         return found[:limit], last_seq
+
+    def _store_changes(self, since: int, limit: int, prefix: str, values: bool) -> list[Record]:
+        if values or not self._changes_sized:
+            return self.store.changes(since, limit, prefix)
+        return self.store.changes(since, limit, prefix, values=False)
+
+    def fill_values(
+        self,
+        sized: Sequence[Record],
+        since: int,
+        prefix: str = "",
+        key: str | None = None,
+        max_bytes: int = MAX_PAGE_VALUE_BYTES,
+    ) -> list[Record]:
+        """Changes after ``since`` with their values (``GET /v1/changes?values=true``), from
+        ``sized``, the same page read without them: as many as fit ``max_bytes`` of values
+        (never fewer than one) are read again with the values, and cut again, should values
+        have grown in between. So a page of large values is never loaded only to be cut. The
+        second read may find later versions of the same keys, never fewer changes: a key
+        written in between moved to a later seq, still after ``since``."""
+        count = len(within_bytes(sized, max_bytes))
+        if not count:
+            return []
+        records, _ = self.changes(since, count, prefix, key)
+        return within_bytes(records, max_bytes)
 
     def watch(
         self,
@@ -400,6 +434,7 @@ class Node:
         prefix: str = "",
         key: str | None = None,
         wait: float = 0.0,
+        values: bool = True,
     ) -> tuple[list[Record], int]:
         """Like ``changes``, but hold on up to ``wait`` seconds for a matching change.
 
@@ -409,7 +444,7 @@ class Node:
         key or on a prefix of it; one woken by several commits looks at the store once.
         """
         if wait <= 0:
-            return self.changes(since, limit, prefix, key)
+            return self.changes(since, limit, prefix, key, values)
         woken = threading.Event()
         watches, name = (
             (self._key_watches, key) if key is not None else (self._prefix_watches, prefix)
@@ -418,7 +453,7 @@ class Node:
             watches.setdefault(name, set()).add(woken)
         try:
             # Registered before the first look: a matching commit that the look misses sets woken.
-            records, last_seq = self._looks.call(since, limit, prefix, key)
+            records, last_seq = self._looks.call(since, limit, prefix, key, values)
             if records or since > last_seq or self.stopping:
                 return records, last_seq
             with self._watch_lock:
@@ -437,7 +472,7 @@ class Node:
                     woken.clear()  # before the look: a commit after it sets it again
                     if self.stopping:
                         return records, last_seq
-                    records, last_seq = self._looks.call(since, limit, prefix, key)
+                    records, last_seq = self._looks.call(since, limit, prefix, key, values)
                     if records:
                         return records, last_seq
             finally:

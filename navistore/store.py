@@ -26,6 +26,13 @@ Optional methods, which the Node uses when a backend has them:
   does): building records, then dicts, then JSON in Python cost as much as the rest of a listing
   request. The conformance suite checks it against ``scan``.
 
+An optional keyword, which the Node passes only to a backend whose method has it:
+
+- ``changes(since, limit, prefix, values=False)``: the same records without their values (None,
+  ``size`` still set), as ``scan`` does. A feed request or a watch that does not show values then
+  reads none: without it, a page of 1,000 changes of 1 MiB values loaded 1 GB to answer keys and
+  etags.
+
 Errors a store raises (all in ``navistore.errors``): ``PreconditionFailed`` when ``expect`` does not
 hold, ``StaleStamp`` when ``commit`` gets a stamp not greater than the stored one, ``StoreBusy``
 when it is locked or overloaded (retryable), ``StoreFull`` when the disk is full.

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import time
 
+import falcon.testing
 import pytest
 
 from navistore import errors
+from navistore.app import create_app
 from navistore.hookspecs import hookimpl
-from navistore.node import META_PURGED_SEQ, check_key, past_prefix
+from navistore.node import META_PURGED_SEQ, Node, check_key, past_prefix
 from navistore.record import ABSENT, ANY, PRESENT, Record, make_stamp, parse_stamp
+from navistore.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -214,6 +217,57 @@ def test_a_page_with_values_is_cut_again_when_they_grew_between_its_two_reads(no
     node.store.scan = scan_then_grow
     records, next_after = node.read_page("g/", max_bytes=500)
     assert [(r.key, r.size) for r in records] == [("g/0", 100)] and next_after == "g/0"
+
+
+def test_changes_leave_values_out_only_when_asked_and_the_store_can(node, tmp_path):
+    node.put("a", b"1234")
+    node.delete("a")
+    node.put("b", b"xy")
+    (sized, _), (full, _) = node.changes(values=False), node.changes()
+    assert [(r.key, r.value, r.size) for r in sized] == [("a", None, 0), ("b", None, 2)]
+    assert [(r.key, r.value) for r in full] == [("a", b""), ("b", b"xy")]
+
+    class OlderStore:  # a third party's store whose changes has no values keyword
+        def __init__(self, store):
+            self.store = store
+
+        def changes(self, since=0, limit=100, prefix=""):
+            return self.store.changes(since, limit, prefix)
+
+        def __getattr__(self, name):
+            return getattr(self.store, name)
+
+    older = Node(Settings(node_id="older"), store=OlderStore(node.store))
+    assert [r.value for r in older.changes(values=False)[0]] == [b"", b"xy"]
+    assert [r.value for r in older.watch(0, key="b", values=False)[0]] == [b"xy"]
+
+
+def test_a_feed_page_with_values_is_cut_again_when_they_grew_between_its_two_reads(node):
+    for i in range(4):
+        node.put(f"g/{i}", b"x" * 100)
+    sized, _ = node.changes(values=False)
+    node.put("g/0", b"y" * 1000)  # after the sizes were read: g/0 moves to the end, larger
+    filled = node.fill_values(sized, 0, max_bytes=250)
+    assert [(r.key, r.value) for r in filled] == [("g/1", b"x" * 100), ("g/2", b"x" * 100)]
+    assert node.fill_values([], 0) == []
+
+
+def test_a_feed_request_without_values_reads_none(node):
+    client = falcon.testing.TestClient(create_app(node))
+    node.put("k", b"v")
+    asked = []
+    changes = node.store.changes
+
+    def recording(since=0, limit=100, prefix="", values=True):
+        asked.append(values)
+        return changes(since, limit, prefix, values=values)
+
+    node.store.changes = recording
+    assert client.simulate_get("/v1/changes").json["changes"][0]["key"] == "k"
+    assert client.simulate_get("/v1/changes", params={"wait": "1"}).json["changes"]
+    assert asked == [False, False]
+    value = client.simulate_get("/v1/changes", params={"values": "true"}).json["changes"][0]
+    assert value["value"] == "dg==" and asked[2:] == [False, True]
 
 
 def test_folded_prefixes_are_skipped_not_read(make_node):

@@ -8,7 +8,7 @@ import falcon
 
 from navistore import _http
 from navistore.errors import InvalidRequest
-from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, Node, within_bytes
+from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, Node
 from navistore.record import Record
 
 MAX_WAIT = 600
@@ -26,13 +26,19 @@ class ChangesResource:
             raise InvalidRequest("use key= (one key) or prefix= (a subtree), not both")
         wait = _http.integer(params, "wait", 0, 0, MAX_WAIT)
         values = _http.boolean(params, "values")
+        prefix, key = params.get("prefix", ""), params.get("key")
+        # The wait, and the look the watches share, read no values; with values=true, the page
+        # found is read again with them, cut before 4 MiB (the client goes on from its last seq).
         records, last_seq = self.node.watch(
-            since, limit, prefix=params.get("prefix", ""), key=params.get("key"), wait=wait
+            since, limit, prefix=prefix, key=key, wait=wait, values=False
         )
+        if values and records:
+            records = self.node.fill_values(records, since, prefix, key)
+            if not records:  # cannot happen (see fill_values); if it did, stay where we are
+                last_seq = since
         resp.set_header("X-Navistore-Index", str(last_seq))
         if values:
-            # Cut before 4 MiB of values: the client goes on from the last seq it got.
-            changes = [_with_value(r) for r in within_bytes(records)]
+            changes = [_with_value(r) for r in records]
         else:
             changes = [
                 {"seq": r.seq, "key": r.key, "etag": r.etag, "deleted": r.deleted} for r in records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import threading
@@ -468,6 +469,20 @@ class BackendSuite(SuiteFixtures):
         assert keys_of(store.changes(feed[0].seq, 1, "a/")) == ["a/2"]
         assert store.changes(store.last_seq(), 100) == []
         assert store.changes(store.last_seq() + 100, 100) == []
+
+    def test_changes_without_values_if_the_store_offers_it(self, store, stamps):
+        if "values" not in inspect.signature(store.changes).parameters:
+            pytest.skip("changes takes no values keyword (optional: see navistore.store)")
+        store.commit(record("a", bytes(range(256)), stamps.next()), ANY)
+        store.commit(record("b", b"", stamps.next()), ANY)
+        store.commit(record("c", b"gone", stamps.next()), ANY)
+        store.commit(record("c", b"", stamps.next(), deleted=True), PRESENT)
+        full, sized = store.changes(0, 100), store.changes(0, 100, values=False)
+        assert [r.value for r in sized] == [None, None, None]
+        assert [r.size for r in sized] == [256, 0, 0]
+        assert [r._replace(value=None) for r in full] == sized
+        assert store.changes(full[0].seq, 1, "", values=False) == sized[1:2]
+        assert store.changes(0, 100, "b", values=False) == sized[1:2]
 
     def test_last_seq_counts_commits_and_merges_but_not_failures(self, store, stamps):
         assert store.last_seq() == 0

@@ -500,10 +500,13 @@ class PostgresStore:
             return listing_json(records), next_key
         return page, bytes(last).decode("utf-8") if more else None
 
-    def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
+    def changes(
+        self, since: int = 0, limit: int = 100, prefix: str = "", values: bool = True
+    ) -> list[Record]:
         where, params = _bounds(prefix)
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM {{s}}.records WHERE seq > %s{where} ORDER BY seq LIMIT %s",
+            f"SELECT {_COLUMNS if values else _LISTING} FROM {{s}}.records "
+            f"WHERE seq > %s{where} ORDER BY seq LIMIT %s",
             [since, *params, limit],
         )
         return [_record(row) for row in rows]

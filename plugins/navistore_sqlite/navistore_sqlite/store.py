@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 # every record by seq, 290-550 ms on 1,000,000 keys under the write lock, every purge_interval.
 # Opening a database made before it builds it (62 ms for 1,000,000 records).
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq"
+_SIZED = "key, content_type, stamp, deleted, expires_at, seq, length(value)"  # without the value
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 # A listing entry (navistore.store.listing_entry) in sqlite's JSON. Keys are valid UTF-8.
 _ENTRY = (
@@ -554,13 +555,23 @@ class SqliteStore:
         )
         return page, last.decode("utf-8") if more else None
 
-    def changes(self, since: int = 0, limit: int = 100, prefix: str = "") -> list[Record]:
+    def changes(
+        self, since: int = 0, limit: int = 100, prefix: str = "", values: bool = True
+    ) -> list[Record]:
         where, params = _bounds(prefix)
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM records WHERE seq > ?{where} ORDER BY seq LIMIT ?",
+            f"SELECT {_COLUMNS if values else _SIZED} FROM records WHERE seq > ?{where} "
+            "ORDER BY seq LIMIT ?",
             [since, *params, limit],
         )
-        return [_row(row) for row in rows]
+        if values:
+            return [_row(row) for row in rows]
+        return [
+            Record(
+                key.decode("utf-8"), None, content_type, stamp, bool(deleted), expires, seq, size
+            )
+            for key, content_type, stamp, deleted, expires, seq, size in rows
+        ]
 
     def count(self) -> int:
         """Live keys (optional in the protocol: for the navistore_keys metric, on every scrape).
