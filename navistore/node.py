@@ -391,18 +391,23 @@ class Node:
                 "Resync from a listing, then watch from its X-Navistore-Index"
             )
         if key is None:
-            return self._store_changes(since, limit, prefix, values), last_seq
+            return self.store_changes(since, limit, prefix, values), last_seq
         found: list[Record] = []
         cursor = since
         while len(found) < limit:
-            batch = self._store_changes(cursor, MAX_LIMIT, key, values)
+            batch = self.store_changes(cursor, MAX_LIMIT, key, values)
             found.extend(r for r in batch if r.key == key)
             if len(batch) < MAX_LIMIT:
                 break
             cursor = batch[-1].seq
         return found[:limit], last_seq
 
-    def _store_changes(self, since: int, limit: int, prefix: str, values: bool) -> list[Record]:
+    def store_changes(
+        self, since: int, limit: int, prefix: str = "", values: bool = True
+    ) -> list[Record]:
+        """``store.changes``, without the values when asked and the store can leave them out
+        (an optional keyword, see ``navistore.store``): with no check of ``since`` against
+        purged tombstones, for replication strategies that keep their own cursors."""
         if values or not self._changes_sized:
             return self.store.changes(since, limit, prefix)
         return self.store.changes(since, limit, prefix, values=False)

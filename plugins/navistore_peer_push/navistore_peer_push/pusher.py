@@ -149,7 +149,7 @@ class PeerPush:
         self.node.store.meta_set(CURSOR_META + url, json.dumps(cursor))
 
     def _lag(self, seq: int) -> tuple[int, float]:
-        pending = self.node.store.changes(seq, 1000)
+        pending = self.node.store_changes(seq, 1000, values=False)
         if not pending:
             return 0, 0.0
         count = len(pending) if len(pending) < 1000 else self.node.last_seq() - seq
@@ -178,6 +178,7 @@ class PeerWorker(threading.Thread):
         self.last_success: float | None = None
         self.last_error: str | None = None
         self._last_hello = 0.0
+        self._sizing = self.options.batch_records  # records whose sizes a batch reads first
 
     def stop(self) -> None:
         self._stopping.set()
@@ -233,7 +234,23 @@ class PeerWorker(threading.Thread):
         return True
 
     def _batch(self, since: int) -> list[Record]:
-        records = self.node.store.changes(since, self.options.batch_records)
+        """The next batch after ``since``: the sizes first, then the values of as many records
+        as fit ``batch_bytes``, so that 500 records of 1 MiB are not read to send 3 of them.
+        (Read again, the records may be later versions, and larger: they are cut again.) The
+        sizes read follow what fitted last time: with values of 1 MiB, sqlite reads a whole
+        row to size it."""
+        sized = self.node.store_changes(since, self._sizing, values=False)
+        if not sized:
+            return []
+        fitting = len(self._fitting(sized))
+        if fitting < len(sized):  # cut by bytes: read the sizes of about twice as many next
+            self._sizing = min(self.options.batch_records, max(16, 2 * fitting))
+        else:
+            self._sizing = min(self.options.batch_records, 2 * self._sizing)
+        return self._fitting(self.node.store_changes(since, fitting))
+
+    def _fitting(self, records: list[Record]) -> list[Record]:
+        """The first of ``records`` that fit one batch of ``batch_bytes`` (at least one)."""
         size, kept = 0, []
         for record in records:
             size += record.size * 4 // 3 + len(record.key) + 200

@@ -43,6 +43,32 @@ def test_a_batch_refused_for_clock_skew_shows_in_the_senders_status(servers):
     assert peer_status(sender)["cursor"] == 0 and peer_status(sender)["lag_records"] == 1
 
 
+def test_a_batch_reads_the_values_of_only_what_it_sends(servers, monkeypatch):
+    monkeypatch.setenv("NAVISTORE_PEER_PUSH_BATCH_BYTES", str(200_000))  # 2 values of 64 KiB
+    receiver = servers("b", node_id="b")
+    sender = servers("a", node_id="a")
+    values = {f"big/{i:02d}": bytes([i]) * 65536 for i in range(40)}
+    for key, value in values.items():
+        sender.node.put(key, value)
+    read = []  # (limit, values, records returned)
+    changes = sender.node.store.changes
+
+    def recording(since=0, limit=100, prefix="", values=True):
+        found = changes(since, limit, prefix, values=values)
+        read.append((limit, values, len(found)))
+        return found
+
+    sender.node.store.changes = recording
+    sender.node.set_runtime_peers([receiver.url])
+    wait_until(lambda: receiver.node.last_seq() == 40 or None)
+    assert {key: receiver.node.get(key).value for key in values} == values
+    with_values = [count for _, values_read, count in read if values_read]
+    assert sum(with_values) == 40  # each value read once, to be sent; before, 500 at a time
+    sized = [limit for limit, values_read, _ in read if not values_read and limit != 1000]
+    # Then about twice what fitted (16 at least), doubling again once everything fits.
+    assert sized[0] == 500 and sized[1] == 16 and max(sized[1:]) <= 32
+
+
 def test_a_peer_with_our_node_id_is_refused_with_a_clear_error(servers):
     twin = servers("twin", node_id="same")
     me = servers("me", node_id="same", peer=(twin.url,))
