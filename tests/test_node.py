@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import itertools
+import threading
 import time
 
 import falcon.testing
@@ -201,6 +204,34 @@ def test_a_page_with_values_is_cut_by_their_bytes(node):
     assert node.read_page("none/") == ([], None)
     with pytest.raises(errors.InvalidRequest):
         node.read_page(limit=0)
+
+
+def test_a_page_with_values_is_one_moment_of_the_store(node):
+    """Two keys written together by batches are never read from different batches."""
+    node.batch([{"op": "put", "key": k, "value": "MA=="} for k in ("pair/a", "pair/b")])
+    stop = threading.Event()
+
+    def write():
+        for i in itertools.count(1):
+            if stop.is_set():
+                return
+            value = base64.b64encode(str(i).encode()).decode()
+            node.batch([{"op": "put", "key": k, "value": value} for k in ("pair/a", "pair/b")])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        seen = set()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            records, _ = node.read_page("pair/")
+            assert [r.key for r in records] == ["pair/a", "pair/b"]
+            assert records[0].value == records[1].value
+            seen.add(records[0].value)
+    finally:
+        stop.set()
+        writer.join()
+    assert len(seen) > 10  # the reads really ran while the writes did
 
 
 def test_a_page_with_values_is_cut_again_when_they_grew_between_its_two_reads(node):
