@@ -69,6 +69,28 @@ def test_a_batch_reads_the_values_of_only_what_it_sends(servers, monkeypatch):
     assert sized[0] == 500 and sized[1] == 16 and max(sized[1:]) <= 32
 
 
+def test_a_batch_is_cut_again_when_its_values_grew_after_they_were_sized(servers, monkeypatch):
+    monkeypatch.setenv("NAVISTORE_PEER_PUSH_BATCH_BYTES", str(200_000))
+    unreachable = f"http://127.0.0.1:{free_port()}"  # its worker never gets to push
+    sender = servers("a", node_id="a", peer=(unreachable,))
+    for i in range(4):
+        sender.node.put(f"g/{i}", b"x" * 65536)
+    changes = sender.node.store.changes
+
+    def grow_after_sizing(since=0, limit=100, prefix="", values=True):
+        found = changes(since, limit, prefix, values=values)
+        if not values and limit != 1000:  # a batch's sizes (not the lag): now every value grows
+            sender.node.store.changes = changes
+            for i in range(4):
+                sender.node.put(f"g/{i}", b"y" * 150_000)
+        return found
+
+    sender.node.store.changes = grow_after_sizing
+    worker = sender.node.replication._workers[unreachable]
+    batch = worker._batch(0)  # two fitted by their sizes; of the grown ones, only the first
+    assert [(r.key, r.size) for r in batch] == [("g/0", 150_000)]
+
+
 def test_a_peer_with_our_node_id_is_refused_with_a_clear_error(servers):
     twin = servers("twin", node_id="same")
     me = servers("me", node_id="same", peer=(twin.url,))
