@@ -49,7 +49,7 @@ from navistore.testing.servers import ServerProcess  # noqa: E402
 _NO_WRITE = """
 import sys
 from navistore_sqlite.store import SqliteStore
-SqliteStore._insert = staticmethod(lambda conn, records: None)
+SqliteStore._insert = staticmethod(lambda conn, records, replaced: None)
 from navistore.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -154,7 +154,7 @@ def in_process() -> None:
         stub_cost = _cpu_per_put(stub.make_app())
         with_write = _cpu_per_put(app)
         insert = SqliteStore._insert
-        SqliteStore._insert = staticmethod(lambda conn, records: None)
+        SqliteStore._insert = staticmethod(lambda conn, records, replaced: None)
         try:
             without = _cpu_per_put(app)
         finally:

@@ -19,7 +19,7 @@ class OlderMergeWins(SqliteStore):
 
     def merge(self, record):
         with self._writing() as conn:
-            return self._put_row(conn, record)
+            return self._put_row(conn, record, None)
 
 
 class InsertionOrderScan(SqliteStore):
@@ -59,7 +59,7 @@ class LostUpdate(SqliteStore):
         check_precondition(expect, live)
         time.sleep(0.05)
         with self._writing() as conn:
-            return self._put_row(conn, record), live
+            return self._put_row(conn, record, None), live
 
 
 class TruncatesAtNul(SqliteStore):

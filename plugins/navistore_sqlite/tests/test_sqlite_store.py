@@ -5,6 +5,7 @@ The behaviour every backend shares is proven by the conformance suite; these are
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -467,3 +468,134 @@ def test_count_follows_every_kind_of_write_without_scanning_the_table(tmp_path):
         assert reopened.count() == live_rows(reopened)
     finally:
         reopened.close()
+
+
+def _layout(path) -> tuple[dict[str, tuple[int, int | None]], set[int], set[int]]:
+    """What the file holds: key -> (length of the row's value, its size column), the ids in
+    blobs, and the seqs of the rows whose value is kept apart."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT key, length(value), size, seq FROM records").fetchall()
+        blobs = {id_ for (id_,) in conn.execute("SELECT id FROM blobs")}
+    finally:
+        conn.close()
+    inline = {key.decode(): (length, size) for key, length, size, _ in rows}
+    return inline, blobs, {seq for _, _, size, seq in rows if size is not None}
+
+
+def test_values_over_900_bytes_are_kept_apart_and_read_back_wherever_read(tmp_path):
+    # records is clustered on the key: a row that overflows its page is read whole by every
+    # seek and every read of a column. Large values live in blobs, so sizing reads skip them.
+    path = str(tmp_path / "apart.db")
+    store = SqliteStore(path)
+    values = {"a": b"s" * 100, "b": b"e" * 900, "c": b"o" * 901, "d": bytes(range(256)) * 200}
+    for n, (key, value) in enumerate(values.items()):
+        store.commit(Record(key, value, stamp=stamp(n)), ANY)
+    inline, blobs, apart = _layout(path)
+    assert inline == {"a": (100, None), "b": (900, None), "c": (0, 901), "d": (0, 51200)}
+    assert blobs == apart and len(blobs) == 2
+    store.close()
+    store = SqliteStore(path)  # nothing cached: every read goes to sqlite
+    try:
+        assert {k: store.get(k).value for k in values} == values
+        assert {r.key: r.value for r in store.scan()} == values
+        assert {r.key: r.value for r in store.changes(0)} == values
+        sizes = {k: len(v) for k, v in values.items()}
+        assert {r.key: r.size for r in store.scan(values=False)} == sizes
+        assert {r.key: r.size for r in store.changes(0, values=False)} == sizes
+        page, _ = store.scan_listing()
+        assert {e["key"]: e["size"] for e in json.loads(page)} == sizes
+        assert store._fetch(store._conn(), list(values))["d"].value == values["d"]
+    finally:
+        store.close()
+
+
+def test_no_value_kept_apart_outlives_its_row(tmp_path):
+    path = str(tmp_path / "gone.db")
+    store = SqliteStore(path)
+    big, other = b"x" * 5000, b"y" * 3000
+
+    def blobs_match_rows():
+        _, blobs, apart = _layout(path)
+        assert blobs == apart
+        return len(blobs)
+
+    try:
+        store.commit(Record("k", big, stamp=stamp(1)), ANY)
+        store.commit(Record("k", other, stamp=stamp(2)), ANY)  # big over big
+        assert blobs_match_rows() == 1
+        store.commit(Record("k", b"small", stamp=stamp(3)), ANY)
+        assert blobs_match_rows() == 0
+        store.commit(Record("k", big, stamp=stamp(4)), ANY)
+        store.commit(Record("k", deleted=True, stamp=stamp(5)), ANY)
+        assert blobs_match_rows() == 0
+        # One group writing a key twice, both apart: only the second value stays.
+        store.commit_many(
+            [(Record("k", big, stamp=stamp(6)), ANY), (Record("k", other, stamp=stamp(7)), ANY)]
+        )
+        assert blobs_match_rows() == 1
+        assert store.merge(Record("k", big, stamp=stamp(8, "peer"))) is not None
+        assert blobs_match_rows() == 1
+        store._cache.clear()
+        assert store.get("k").value == big
+        store.commit(Record("e", big, stamp=stamp(9), expires_at=10.0**10), ANY)
+        assert blobs_match_rows() == 2
+        assert store.purge(10.0**10 + 1, 0, stamp(0)) == 1  # expired: a tombstone, no value
+        assert blobs_match_rows() == 1
+        assert store.get("k").value == big
+    finally:
+        store.close()
+
+
+_VERSION_1 = """
+CREATE TABLE records (
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, content_type TEXT NOT NULL, stamp TEXT NOT NULL,
+    deleted INTEGER NOT NULL, expires_at REAL, seq INTEGER NOT NULL UNIQUE
+) WITHOUT ROWID;
+CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), last_seq INTEGER NOT NULL);
+INSERT INTO counter (id, last_seq) VALUES (1, 1);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (name, value) VALUES ('sqlite.schema_version', '1');
+"""
+
+
+def test_a_database_of_schema_1_opens_with_its_large_values_inline(tmp_path):
+    path = str(tmp_path / "v1.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_1)
+    conn.execute(
+        "INSERT INTO records VALUES (?, ?, 'application/octet-stream', ?, 0, NULL, 1)",
+        (b"old", b"v" * 5000, stamp(1)),
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        assert store.get("old").value == b"v" * 5000
+        assert [r.size for r in store.changes(0, values=False)] == [5000]
+        store.commit(Record("old", b"w" * 6000, stamp=stamp(2)), ANY)  # now kept apart
+        store._cache.clear()
+        assert store.get("old").value == b"w" * 6000
+        assert store.meta_get("sqlite.schema_version") == "2"
+    finally:
+        store.close()
+    inline, blobs, apart = _layout(path)
+    assert inline == {"old": (0, 6000)} and blobs == apart
+
+
+def test_a_database_of_a_newer_schema_is_refused(tmp_path):
+    from navistore.errors import StoreError
+
+    path = str(tmp_path / "new.db")
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '3' WHERE name = 'sqlite.schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 3.*newer.*up to version 2"):
+        SqliteStore(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '2' WHERE name = 'sqlite.schema_version'")
+    conn.commit()
+    conn.close()
+    SqliteStore(path).close()  # the refusal let go of the file
