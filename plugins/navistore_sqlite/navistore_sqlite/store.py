@@ -155,11 +155,6 @@ def _insert_sql(rows: int) -> str:
     return f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES {values}"
 
 
-def _kept_apart(record: Record | None) -> bool:
-    """Whether ``record``'s value is (or, written before schema 2, may be) in ``blobs``."""
-    return record is not None and record.size > _INLINE_MAX
-
-
 def _powers_of_two(count: int) -> Iterator[tuple[int, int]]:
     """Split ``count`` rows into (start, size) chunks whose sizes are powers of two up to _CHUNK,
     so a few prepared statements (one per size) serve every group."""
@@ -401,7 +396,8 @@ class SqliteStore:
         the others behind."""
         count = len(records)
         blobs = [(r.seq, r.value) for r in records if r.size > _INLINE_MAX]
-        gone = [(r.seq,) for r in replaced if _kept_apart(r)]
+        # Rows written before schema 2 kept every value inline: deleting by their seq is a no-op.
+        gone = [(r.seq,) for r in replaced if r is not None and r.size > _INLINE_MAX]
         if (count > _ONE_STATEMENT or blobs or gone) and not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
         if blobs:
@@ -413,12 +409,17 @@ class SqliteStore:
             for key, value, content_type, stamp, deleted, expires, seq, length in records[
                 start : start + size
             ]:
-                if length > _INLINE_MAX:  # the value went to blobs above
-                    params += (key.encode("utf-8"), b"", content_type, stamp, deleted, expires)
-                    params += (seq, length)
-                else:
-                    params += (key.encode("utf-8"), value, content_type, stamp, deleted, expires)
-                    params += (seq, None)
+                apart = length > _INLINE_MAX  # then the value went to blobs above
+                params += (
+                    key.encode("utf-8"),
+                    b"" if apart else value,
+                    content_type,
+                    stamp,
+                    deleted,
+                    expires,
+                    seq,
+                    length if apart else None,
+                )
             conn.execute(_insert_sql(size), params)
 
     # -- the Store protocol ----------------------------------------------------------------
