@@ -71,11 +71,12 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 # it; that row's value is empty and its ``size`` column holds the value's length (NULL: the value
 # is inline). ``records`` is WITHOUT ROWID, clustered on the key: a row that overflows its page
 # is read whole, overflow pages and all, by every seek that compares its key and by every read of
-# any of its columns. With values of 100 KB, a GET took 144 us instead of 43, sizing 1,000
-# changes 111 ms instead of 0.8 (for watches and peer-push), a listing page 2.1 ms instead of
-# 0.03 (bench/values.py). Values of up to 900 bytes keep the row under a page's local payload
-# (1,002 bytes for an index b-tree on 4 KiB pages) and are cheaper inline: 17.5 us a write at
-# 900 bytes against 26.8 apart. Rows written before schema 2 keep their values inline.
+# any of its columns. With values of 100 KB, in one thread (bench/values.py), a GET from sqlite
+# took 152 us instead of 25.5, sizing 1,000 changes (watches, peer-push) 36 ms instead of 1.1, a
+# listing page 2.2 ms instead of 0.07. Values of up to 900 bytes keep the row under a page's
+# local payload (1,002 bytes for an index b-tree on 4 KiB pages) and are cheaper inline: in
+# sqlite alone, 17.5 us a write at 900 bytes against 26.8 apart.
+# Rows written before schema 2 keep their values inline.
 _INLINE_MAX = 900
 _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq, size"  # as written
 # Read with the value wherever it is kept: FROM _WITH_BLOBS SELECT _READ.
