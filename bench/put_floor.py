@@ -5,19 +5,24 @@ out, in the same run.
 
 Under load, on one CPU, req/s follows CPU per request, so a PUT's CPU is what to take apart:
 
-- Over HTTP: bench/stub.py, `navistore serve` (sqlite), and `navistore serve` whose sqlite store
-  skips its INSERT statement (``SqliteStore._insert``, patched in that server's process by this
-  bench, not in navistore). Everything else runs as usual: the request, the checks, the stamps,
-  the seqs, the group commit and its hand-overs, the read cache, the hooks. All three on
-  ``--cpus`` (the last CPU by default; wrk gets the others), driven by wrk PUT of random keys at
-  16 and 64 connections, the order turned round every round. Prints median req/s, median CPU per
-  request (user + system, from /proc), and the median of the rounds' req/s ratios to the stub.
-  The "no write" row is the most a storage that cost nothing could give.
+- Over HTTP: bench/stub.py, `navistore serve` (sqlite), and two `navistore serve`s with parts
+  left out (patched in that server's process by this bench, not in navistore):
+  - "no write": the sqlite store skips its INSERT statement (``SqliteStore._insert``).
+    Everything else runs as usual: the request, the checks, the stamps, the seqs, the group
+    commit and its hand-overs, the read cache, the hooks. The most a storage that cost nothing
+    could give.
+  - "no index/hooks/metrics": the write, but every departure from DESIGN.md proposed to speed
+    PUT up, at once: no index on ``seq`` (which the change feed reads), no ``committed`` step
+    (the ``navistore_committed`` hook, waking watches) and no metrics middleware.
+  All on ``--cpus`` (the last CPU by default; wrk gets the others), driven by wrk PUT of random
+  keys at 16 and 64 connections, the order turned round every round. Prints median req/s, median
+  CPU per request (user + system, from /proc), and the median of the rounds' req/s ratios to the
+  stub.
 - In this process, one thread, no server: CPU per PUT of each WSGI app, called directly (the
   stub's, navistore's with its sqlite write, navistore's without): the Python a PUT runs besides
   waitress, and the sqlite statement's share when nothing else competes.
 
-About 2 minutes with the defaults. Needs wrk (installed when missing, as root).
+About 3 minutes with the defaults. Needs wrk (installed when missing, as root).
 """
 
 from __future__ import annotations
@@ -43,32 +48,51 @@ from revisions import cpu_seconds  # noqa: E402
 
 from navistore.testing.servers import ServerProcess  # noqa: E402
 
-# The server that writes nothing to sqlite: the same `navistore serve`, its store's one call
-# into sqlite on the commit path made a no-op (so the commit is "committed" to the read cache
-# only; good for this bench and nothing else).
-_NO_WRITE = """
-import sys
-from navistore_sqlite.store import SqliteStore
-SqliteStore._insert = staticmethod(lambda conn, records, replaced: None)
+# `navistore serve` with parts of it left out, named by NAVISTORE_BENCH_LEAVE_OUT (good for this
+# bench and nothing else: without the write, a commit is "committed" to the read cache only).
+_LEAVING_OUT = """
+import os, sys
+from navistore_sqlite import store
+leave_out = os.environ["NAVISTORE_BENCH_LEAVE_OUT"].split(",")
+if "write" in leave_out:
+    store.SqliteStore._insert = staticmethod(lambda conn, records, replaced: None)
+if "index" in leave_out:  # the database is new: made without the unique index on seq
+    unique = "seq INTEGER NOT NULL UNIQUE"
+    assert unique in store._SCHEMA, "the schema changed: update bench/put_floor.py"
+    store._SCHEMA = store._SCHEMA.replace(unique, "seq INTEGER NOT NULL")
+if "hooks" in leave_out:
+    from navistore.node import Node
+    Node.committed = lambda self, record, origin: None
+if "metrics" in leave_out:
+    from navistore.metrics import Metrics
+    Metrics.process_request = lambda self, req, resp: None
+    Metrics.process_response = lambda self, req, resp, resource, req_succeeded: None
 from navistore.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-class NoWriteServer(ServerProcess):
+class LeavingOut(ServerProcess):
+    def __init__(self, leave_out: str, args: list[str], cwd: Path) -> None:
+        super().__init__(args, cwd, env={"NAVISTORE_BENCH_LEAVE_OUT": leave_out})
+
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _NO_WRITE, "serve", "--port", "0", *self.args]
+        return [sys.executable, "-c", _LEAVING_OUT, "serve", "--port", "0", *self.args]
 
 
 def over_http(seconds: float, rounds: int, cpus: str) -> None:
     folder = Path(tempfile.mkdtemp(prefix="navistore-put-floor-"))
     pinned = ["--cpus", cpus] if cpus else []
     navistore = ServerProcess(["--store", "sqlite:///bench.db", *pinned], folder)
-    no_write = NoWriteServer(["--store", "sqlite:///nowrite.db", *pinned], folder)
+    no_write = LeavingOut("write", ["--store", "sqlite:///nowrite.db", *pinned], folder)
+    departures = LeavingOut(
+        "index,hooks,metrics", ["--store", "sqlite:///departures.db", *pinned], folder
+    )
     stub_process, stub_url = start_stub(8, folder, cpus)
     servers = {
         "stub": (stub_url, stub_process.pid),
         "navistore, no write": (no_write.url, no_write.proc.pid),
+        "no index/hooks/metrics": (departures.url, departures.proc.pid),
         "navistore": (navistore.url, navistore.proc.pid),
     }
     lua = WORKLOADS["PUT"]
@@ -79,12 +103,13 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
             f"PUT of random keys ({KEYS} keys, 100 bytes), wrk -t2, {seconds:g} s a run, medians "
             f"of {rounds} rounds, servers on CPUs {cpus or 'any'}"
         )
-        print(f"{'server':<20} {'conns':>5} {'req/s':>9} {'us CPU/req':>11} {'vs stub':>8}")
+        print(f"{'server':<22} {'conns':>5} {'req/s':>9} {'us CPU/req':>11} {'vs stub':>8}")
         for connections in (16, 64):
             rates: dict[str, list[float]] = {name: [] for name in servers}
             costs: dict[str, list[float]] = {name: [] for name in servers}
             for round_ in range(rounds):
-                order = list(servers)[round_ % 3 :] + list(servers)[: round_ % 3]
+                turn = round_ % len(servers)
+                order = list(servers)[turn:] + list(servers)[:turn]
                 for name in order:
                     url, pid = servers[name]
                     _wrk.run(url, lua, connections, 1)  # warm up
@@ -100,12 +125,13 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
                     ours / base for ours, base in zip(rates[name], rates["stub"], strict=True)
                 )
                 print(
-                    f"{name:<20} {connections:>5} {statistics.median(rates[name]):9,.0f} "
+                    f"{name:<22} {connections:>5} {statistics.median(rates[name]):9,.0f} "
                     f"{statistics.median(costs[name]):11.1f} {ratio:7.2f}x"
                 )
     finally:
         navistore.stop()
         no_write.stop()
+        departures.stop()
         stub_process.terminate()
         stub_process.wait(timeout=10)
 
