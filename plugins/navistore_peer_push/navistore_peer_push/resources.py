@@ -84,11 +84,17 @@ class RecordsResource:
         source = body.get("source") or {}
         if not isinstance(source, dict):
             raise InvalidRequest("source must be an object with node_id and store_id")
-        if body.get("target_store_id") != self.node.store_id:
+        target = body.get("target_store_id")
+        if not isinstance(target, str):
+            raise InvalidRequest(
+                "target_store_id must be the store id this node's /v1/replication/hello gave "
+                "(a string): handshake first"
+            )
+        if target != self.node.store_id:
             raise falcon.HTTPConflict(
                 title="Store changed",
-                description=f"this node's store id is {self.node.store_id}, not "
-                f"{body.get('target_store_id')}: handshake again",
+                description=f"this node's store id is {self.node.store_id}, not {target!r}: "
+                "handshake again",
             )
         if source.get("node_id") == self.node.node_id:
             raise falcon.HTTPConflict(

@@ -72,6 +72,16 @@ def test_a_batch_for_another_store_is_409(client, node):
     assert node.last_seq() == 0
 
 
+@pytest.mark.parametrize("target", [None, 7, ["x"]])
+def test_a_batch_without_a_store_id_is_a_bad_request(client, node, target):
+    body = batch(node, [record("a")], target_store_id=target)
+    if target is None:
+        del body["target_store_id"]
+    answer = client.simulate_post("/v1/replication/records", json=body)
+    assert answer.status_code == 400 and "target_store_id" in answer.json["description"]
+    assert node.last_seq() == 0
+
+
 def test_a_sender_with_our_node_id_is_refused(client, node):
     body = batch(node, [record("a")], source={"node_id": node.node_id, "store_id": "x"})
     answer = client.simulate_post("/v1/replication/records", json=body)
