@@ -120,8 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``, with a command's options allowed between its positionals.
+
+    argparse takes a command's positionals in one go where it meets the first: so
+    ``navistore put KEY --ttl 60 VALUE`` read KEY and no value, then refused VALUE. When the first
+    parse leaves arguments over, the command's own parser reads its arguments again, options
+    first, then positionals (``parse_intermixed_args``), and reports what is still wrong."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = commands.choices[args.command]
+    rest = argv[argv.index(args.command) + 1 :]
+    return command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), list(sys.argv[1:] if argv is None else argv))
     if getattr(args, "client_command", False):
         return run(args.func, args)
     try:

@@ -71,6 +71,22 @@ def test_exit_codes(nav, server):
     assert down.returncode == 4 and b"cannot reach" in down.stderr
 
 
+def test_options_may_come_between_the_key_and_the_value(nav):
+    # argparse took KEY and an empty VALUE together at the first option, then refused VALUE
+    assert nav("put", "k", "--ttl", "3600", "v").returncode == 0
+    assert nav("get", "k").stdout == b"v"
+    assert nav("ls", "-l", "k").stdout.decode().split()[2].endswith("Z")  # it has an expiry
+    taken = nav("put", "k", "--create", "w")
+    assert taken.returncode == 3 and b"precondition failed" in taken.stderr
+    assert nav("put", "t", "-t", "text/plain", "--", "-v").returncode == 0
+    assert nav("get", "t").stdout == b"-v"
+    assert nav("ls", "-l", "t").stdout.decode().split()[1] == "text/plain"
+    unknown = nav("put", "k", "--bogus", "v")
+    assert unknown.returncode == 2 and b"unrecognized arguments: --bogus" in unknown.stderr
+    assert nav("get", "k", "extra").returncode == 2
+    assert nav("get", "k").stdout == b"v"
+
+
 def test_ls_and_delete(nav):
     for key in ["a/1", "a/2", "a/sub/3", "b"]:
         nav("put", key, "v", "-t", "text/plain")
