@@ -25,13 +25,17 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from navistore import errors
 
 __all__ = ["Change", "Client", "ClientError", "Entry", "Listed", "Unauthorized", "Written"]
+
+#: A watch that lost its server tries again this long after, then twice as long each time, up to
+#: ``WATCH_RETRY_MAX`` (the backoff peer-push replication uses for a peer that is down).
+WATCH_RETRY_FIRST, WATCH_RETRY_MAX = 0.1, 5.0
 
 
 class ClientError(errors.NavistoreError):
@@ -359,15 +363,23 @@ class Client:
         since: int | None = None,
         wait: int = 60,
         values: bool = False,
+        reconnect: bool = True,
+        on_retry: Callable[[errors.NavistoreError, float], None] | None = None,
     ) -> Iterator[Change]:
         """Yield changes as they commit, from ``since`` (default: from now on), forever; with
         ``values``, each with the value it wrote.
 
         Raises ``ChangesGone`` when the feed no longer reaches back to the position (resync from a
         listing). When every watcher slot is taken, it waits as the server says, and goes on.
+        When the server cannot be reached (it restarts, say) or answers 5xx, the watch tries
+        again from where it was, as etcd's and Consul's do: 0.1 s later, then twice as long each
+        time, up to 5 s, for as long as it takes. ``on_retry(error, delay)`` hears of each failed
+        try; with ``reconnect=False`` the error is raised instead. Any other error (401, 400, 410)
+        is raised at once.
         """
         if since is None:
             since = self.status()["last_seq"]
+        delay = WATCH_RETRY_FIRST
         while True:
             try:
                 changes, last_seq = self.changes(
@@ -376,6 +388,18 @@ class Client:
             except errors.TooManyWatchers as busy:
                 time.sleep(busy.retry_after or 1)
                 continue
+            except (ClientError, errors.StoreError) as exc:
+                lost = isinstance(exc, errors.StoreError) or (
+                    not isinstance(exc, Unauthorized) and (exc.status or 500) >= 500
+                )
+                if not (reconnect and lost):
+                    raise
+                if on_retry is not None:
+                    on_retry(exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, WATCH_RETRY_MAX)
+                continue
+            delay = WATCH_RETRY_FIRST
             yield from changes
             # Nothing matched up to last_seq (read before the feed): go on from there. That is
             # also where to go on from when the store was reset below our position.

@@ -94,12 +94,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _retrying(error: errors.NavistoreError, delay: float) -> None:
+    print(
+        f"navistore: watch: {error.title.lower()}: {error.description}; "
+        f"trying again in {delay:g} s (Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     seen = 0
     with _client(args) as client:
         try:
             changes = client.watch(
-                args.prefix, key=args.key, since=args.since, wait=args.wait, values=args.values
+                args.prefix,
+                key=args.key,
+                since=args.since,
+                wait=args.wait,
+                values=args.values,
+                on_retry=_retrying,
             )
             for change in changes:
                 line = {

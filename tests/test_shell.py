@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from navistore.client import Client
-from navistore.testing.servers import ServerProcess
+from navistore import errors
+from navistore.client import Client, ClientError, Unauthorized
+from navistore.testing.servers import ServerProcess, free_port
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,62 @@ def test_watch_prints_json_lines(nav, server):
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert [(c["key"], c["deleted"]) for c in lines] == [("w/1", False), ("w/1", True)]
     assert watcher.returncode == 0
+
+
+def test_watch_goes_on_across_a_server_restart(tmp_path):
+    # as etcdctl watch and consul watch do: a restart is not the end of a watch
+    server = ServerProcess(["--port", str(free_port())], tmp_path)
+    watcher = None
+    try:
+        Client(server.url).put("w/before", b"1")
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "navistore", "watch", "w/", "--count", "2", "--wait", "5"],
+            env={**os.environ, "NAVISTORE_URL": server.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)
+        Client(server.url).put("w/1", b"a")
+        assert server.stop() == 0
+        time.sleep(1.0)  # the watch finds nobody there, and tries again
+        server.start()
+        Client(server.url).put("w/2", b"b")
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+        server.stop()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [c["key"] for c in lines] == ["w/1", "w/2"] and lines[1]["seq"] == lines[0]["seq"] + 1
+    assert watcher.returncode == 0
+    assert b"cannot reach" in err and b"trying again" in err
+
+
+def test_watch_does_not_retry_what_a_retry_cannot_mend(server, tmp_path):
+    def refuse(error, delay):
+        raise AssertionError(f"retried {error!r}")
+
+    with pytest.raises(errors.InvalidRequest):
+        next(Client(server.url).watch(since=-1, wait=1, on_retry=refuse))
+    guarded = ServerProcess(["--token", "secret"], tmp_path)
+    try:
+        with pytest.raises(Unauthorized):
+            next(Client(guarded.url, token="wrong").watch(since=0, wait=1, on_retry=refuse))
+    finally:
+        guarded.stop()
+    down = Client(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ClientError, match="cannot reach"):
+        next(down.watch(since=0, wait=1, reconnect=False))
+    tries: list[float] = []
+
+    def retried(error, delay):
+        tries.append(delay)
+        if len(tries) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        next(down.watch(since=0, wait=1, on_retry=retried))
+    assert tries == [0.1, 0.2, 0.4, 0.8]
 
 
 def test_watch_prints_values_when_asked(nav, server):
