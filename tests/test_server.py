@@ -380,3 +380,17 @@ def test_a_server_process_starts_with_the_command_a_subclass_gives(tmp_path):
         assert server.request("GET", "/v1/status").json()["node_id"] == "from-the-command"
     finally:
         assert server.stop() == 0
+
+
+def test_serve_on_a_store_it_cannot_open_says_why_without_a_traceback(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "navistore", "serve", "--port", "0"]
+        + ["--store", "sqlite:///no-such-folder/x.db"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot open no-such-folder/x.db: the directory" in done.stderr
+    assert not (tmp_path / "no-such-folder").exists()  # nothing made in its place

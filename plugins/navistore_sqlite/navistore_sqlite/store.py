@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -173,7 +174,15 @@ def _lock_exclusively(path: str) -> IO[bytes]:
     file, because closing any descriptor of the database file itself would drop sqlite's own
     POSIX locks on it.
     """
-    handle = open(f"{path}.lock", "ab")
+    try:
+        handle = open(f"{path}.lock", "ab")
+    except OSError as exc:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise StoreError(
+                f"cannot open {path}: the directory {folder} does not exist (create it first)"
+            ) from None
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -269,9 +278,8 @@ class SqliteStore:
         self._closed = False
         self._lock_file = _lock_exclusively(path)
         self._cache = ReadCache()
-        conn = self._conn()
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._conn().execute("PRAGMA journal_mode=WAL")
             with self._writing() as conn:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -282,9 +290,8 @@ class SqliteStore:
             self._last_seq = max(counted, newest or 0)
         except (sqlite3.Error, StoreError) as exc:
             self.close()  # and the lock file with it
-            if isinstance(exc, StoreError):
-                raise
-            raise _translate(exc) from exc
+            error = exc if isinstance(exc, StoreError) else _translate(exc)
+            raise type(error)(f"cannot open {path}: {error.description}") from exc
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:

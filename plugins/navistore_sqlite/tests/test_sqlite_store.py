@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from navistore.errors import SettingsError, StoreBusy
+from navistore.errors import SettingsError, StoreBusy, StoreError
 from navistore.record import ANY, Record, make_stamp
 from navistore_sqlite.cache import MISS, ReadCache
 from navistore_sqlite.store import SqliteStore, parse_url
@@ -581,6 +581,20 @@ def test_a_database_of_schema_1_opens_with_its_large_values_inline(tmp_path):
         store.close()
     inline, blobs, apart = _layout(path)
     assert inline == {"old": (0, 6000)} and blobs == apart
+
+
+def test_a_store_that_cannot_open_says_which_file_and_why(tmp_path):
+    missing = tmp_path / "no-such-folder" / "x.db"
+    with pytest.raises(StoreError, match=f"cannot open {missing}: the directory .* does not exist"):
+        SqliteStore(str(missing))
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, " * 400)
+    with pytest.raises(StoreError, match=f"cannot open {garbage}: .*not a database"):
+        SqliteStore(str(garbage))
+    assert garbage.read_bytes() == b"not a database, " * 400  # left as it was
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(StoreError, match="cannot open .*folder.db"):
+        SqliteStore(str(tmp_path / "folder.db"))
 
 
 def test_a_database_of_a_newer_schema_is_refused(tmp_path):
