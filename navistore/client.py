@@ -371,12 +371,14 @@ class Client:
 
         Raises ``ChangesGone`` when the feed no longer reaches back to the position (resync from a
         listing). When every watcher slot is taken, it waits as the server says, and goes on.
-        When the server cannot be reached (it restarts, say) or answers 5xx, the watch tries
-        again from where it was, as etcd's and Consul's do: 0.1 s later, then twice as long each
-        time, up to 5 s, for as long as it takes. ``on_retry(error, delay)`` hears of each failed
-        try; with ``reconnect=False`` the error is raised instead. Any other error (401, 400, 410)
-        is raised at once.
+        Once the watch has reached the server, when the server cannot be reached (it restarts,
+        say) or answers 5xx, the watch tries again from where it was, as etcd's and Consul's do:
+        0.1 s later, then twice as long each time, up to 5 s, for as long as it takes.
+        ``on_retry(error, delay)`` hears of each failed try; with ``reconnect=False`` the error is
+        raised instead. Any other error (401, 400, 410), and any error before the server first
+        answered (a wrong URL, say), is raised at once.
         """
+        reached = since is None  # then the status read below must answer first
         if since is None:
             since = self.status()["last_seq"]
         delay = WATCH_RETRY_FIRST
@@ -392,14 +394,14 @@ class Client:
                 lost = isinstance(exc, errors.StoreError) or (
                     not isinstance(exc, Unauthorized) and (exc.status or 500) >= 500
                 )
-                if not (reconnect and lost):
+                if not (reconnect and reached and lost):
                     raise
                 if on_retry is not None:
                     on_retry(exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, WATCH_RETRY_MAX)
                 continue
-            delay = WATCH_RETRY_FIRST
+            reached, delay = True, WATCH_RETRY_FIRST
             yield from changes
             # Nothing matched up to last_seq (read before the feed): go on from there. That is
             # also where to go on from when the store was reset below our position.

@@ -163,19 +163,37 @@ def test_watch_does_not_retry_what_a_retry_cannot_mend(server, tmp_path):
             next(Client(guarded.url, token="wrong").watch(since=0, wait=1, on_retry=refuse))
     finally:
         guarded.stop()
-    down = Client(f"http://127.0.0.1:{free_port()}")
+    # a server never reached is a wrong URL, not a restart: said at once
     with pytest.raises(ClientError, match="cannot reach"):
-        next(down.watch(since=0, wait=1, reconnect=False))
-    tries: list[float] = []
+        next(Client(f"http://127.0.0.1:{free_port()}").watch(since=0, wait=1, on_retry=refuse))
 
-    def retried(error, delay):
-        tries.append(delay)
-        if len(tries) == 4:
-            raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        next(down.watch(since=0, wait=1, on_retry=retried))
-    assert tries == [0.1, 0.2, 0.4, 0.8]
+def test_a_watch_that_lost_its_server_backs_off(tmp_path):
+    server = ServerProcess(["--port", str(free_port())], tmp_path)  # the same port on restart
+    try:
+        client = Client(server.url)
+        client.put("k", b"v")
+        tries: list[float] = []
+
+        def retried(error, delay):
+            tries.append(delay)
+            if len(tries) == 4:
+                raise KeyboardInterrupt
+
+        changes = client.watch(since=0, wait=1, on_retry=retried)
+        assert next(changes).key == "k"
+        assert server.stop() == 0
+        with pytest.raises(KeyboardInterrupt):
+            next(changes)
+        assert tries == [0.1, 0.2, 0.4, 0.8]
+        down = client.watch(since=0, wait=1, reconnect=False)
+        server.start()
+        assert next(down).key == "k"
+        server.stop()
+        with pytest.raises(ClientError, match="cannot reach"):
+            next(down)
+    finally:
+        server.stop()
 
 
 def test_watch_prints_values_when_asked(nav, server):
