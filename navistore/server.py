@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -378,11 +379,29 @@ def serve(settings: Settings) -> int:
         listener.stop()
 
 
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "another server has that port: choose another with --port",
+    errno.EADDRNOTAVAIL: "that address is not one of this machine's: see --host",
+    errno.EACCES: "ports below 1024 need privileges: choose another with --port",
+}
+
+
 def _serve(settings: Settings) -> int:
     node = Node(settings)
     try:
         app = create_app(node)
-        server = make_server(app, settings)
+        try:
+            server = make_server(app, settings)
+        except OSError as exc:  # the port is taken, the address is not this machine's, ...
+            hint = _LISTEN_HINTS.get(exc.errno, "settings 'host' and 'port'")
+            raise SettingsError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} ({hint})"
+            ) from None
+        except ValueError:  # waitress: the host name did not resolve
+            raise SettingsError(
+                f"cannot listen on {settings.host}:{settings.port}: the host name does not "
+                "resolve to an address (setting 'host')"
+            ) from None
     except BaseException:
         node.close()
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -394,3 +395,25 @@ def test_serve_on_a_store_it_cannot_open_says_why_without_a_traceback(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "cannot open no-such-folder/x.db: the directory" in done.stderr
     assert not (tmp_path / "no-such-folder").exists()  # nothing made in its place
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "no-such-host.invalid"])
+def test_serve_on_an_address_it_cannot_take_says_why_without_a_traceback(tmp_path, host):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "navistore", "serve", "--host", host, "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"cannot listen on {host}:{port}" in done.stderr
+    assert ("another server has that port" if host == "127.0.0.1" else "does not resolve") in (
+        done.stderr
+    )
+    # the store was opened first, and closed again: another server may have it now
+    ServerProcess(["--port", "0"], tmp_path).stop()
