@@ -243,7 +243,15 @@ class PostgresStore:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             with contextlib.suppress(Exception):
                 self._pool.close()
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from None
+            reason = str(exc)
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                # The pool says only that it timed out (its workers log why): ask once more, alone.
+                try:
+                    psycopg.connect(conninfo, connect_timeout=max(2, int(pool_timeout))).close()
+                except psycopg.Error as error:
+                    lines = [line.strip() for line in str(error).strip().splitlines()]
+                    reason = f"{'; '.join(lines)} (tried for {pool_timeout:g} s)"
+            raise StoreError(f"cannot connect to PostgreSQL: {reason}") from None
         try:
             self._create_schema()
         except Exception:
