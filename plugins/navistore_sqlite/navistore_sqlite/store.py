@@ -689,23 +689,22 @@ class SqliteStore:
         entries only when tombstones were dropped (a cached tombstone would outlive its row)."""
         with self._cache.committing(), self._writing() as conn:
             expired = conn.execute(
-                "SELECT key FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
+                "SELECT key, seq, size FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
                 "AND expires_at <= ? ORDER BY seq",
                 (now,),
             ).fetchall()
-            self._cache.take([key.decode("utf-8") for (key,) in expired])
+            self._cache.take([key.decode("utf-8") for key, _, _ in expired])
             if expired:
                 self._pending_not_deleted -= len(expired)
                 first = self._next_seqs(len(expired))
-                conn.execute(
-                    "DELETE FROM blobs WHERE id IN (SELECT seq FROM records WHERE deleted = 0 "
-                    "AND expires_at IS NOT NULL AND expires_at <= ? AND size IS NOT NULL)",
-                    (now,),
+                conn.executemany(
+                    "DELETE FROM blobs WHERE id = ?",
+                    [(seq,) for _, seq, size in expired if size is not None],
                 )
                 conn.executemany(
                     "UPDATE records SET deleted = 1, value = x'', size = NULL, expires_at = NULL, "
                     "seq = ? WHERE key = ?",
-                    [(first + i, key) for i, (key,) in enumerate(expired)],
+                    [(first + i, key) for i, (key, _, _) in enumerate(expired)],
                 )
             dropped = conn.execute(
                 "DELETE FROM records WHERE deleted = 1 AND seq <= ? AND stamp < ?",
