@@ -57,7 +57,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
     body = exc.to_dict()
     if "description" not in body:
         if exc.status_code == 404:
-            body["description"] = f"no route matches {req.path}; the API lives under /v1"
+            body["description"] = f"no route matches {req.path}; GET /openapi.json lists the routes"
         elif exc.status_code == 405:
             allowed = exc.headers.get("Allow", "") if exc.headers else ""
             body["description"] = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"

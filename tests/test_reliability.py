@@ -184,6 +184,14 @@ def test_bad_input_gets_the_right_4xx_with_a_json_description_and_changes_nothin
     assert server.request("GET", "/v1/keys/p").body == b"original"
 
 
+@pytest.mark.parametrize("path", ["/", "/v1", "/v2/keys/k"])
+def test_an_unknown_route_points_to_the_description_of_the_api(server, path):
+    answer = server.request("GET", path)
+    assert answer.status == 404
+    assert "GET /openapi.json lists the routes" in answer.json()["description"]
+    assert "/v1/keys/{key}" in server.request("GET", "/openapi.json").json()["paths"]
+
+
 def test_control_characters_in_headers_are_refused_by_waitress_and_change_nothing(server):
     # HTTP forbids them; waitress answers 400 itself (in plain text) before the app runs.
     before = state(server)
