@@ -125,6 +125,21 @@ def _operation(item: dict[str, Any], now: float) -> dict[str, Any] | None:
     return op
 
 
+def _name_the_line(exc: errors.NavistoreError, ops: list[dict[str, Any]], lines: list[int]) -> None:
+    """A batch the server refused for one operation: say which line of the dump it came from
+    (the server can only say which operation of the batch), in place of the operation's place."""
+    index = exc.index
+    if index is None or not 0 <= index < len(ops):
+        return
+    key = ops[index]["key"]
+    description = exc.description
+    for said in (f"operation {index}: ", f"operation {index} ({key!r}): "):
+        description = description.removeprefix(said)
+    shown = repr(key) if len(key) <= 60 else f"{key[:60]!r}..."
+    exc.description = f"line {lines[index]} ({shown}): {description}"
+    exc.args = (exc.description,)
+
+
 def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
     """Restore a dump; return (keys written, lines skipped because done before). Resumable."""
     checkpoint = path + ".progress"
@@ -135,16 +150,21 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
     progress = Progress("loaded", None)
     written = 0
     pending: list[dict[str, Any]] = []
+    pending_lines: list[int] = []  # the line each pending operation came from
     pending_bytes = 0
     last_line = done_before
 
     def flush(upto_line: int) -> None:
-        nonlocal pending, pending_bytes, written
+        nonlocal pending, pending_lines, pending_bytes, written
         if pending:
-            client.batch(pending)
+            try:
+                client.batch(pending)
+            except errors.NavistoreError as exc:
+                _name_the_line(exc, pending, pending_lines)
+                raise
             written += len(pending)
             progress.advance(len(pending))
-        pending, pending_bytes = [], 0
+        pending, pending_lines, pending_bytes = [], [], 0
         with open(checkpoint, "w") as handle:
             handle.write(str(upto_line))
 
@@ -160,6 +180,7 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
             if len(pending) == MAX_BATCH_OPS or (pending and pending_bytes + size > _BATCH_BYTES):
                 flush(number - 1)
             pending.append(op)
+            pending_lines.append(number)
             pending_bytes += size
         flush(last_line)
     os.remove(checkpoint)

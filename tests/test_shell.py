@@ -297,6 +297,27 @@ def test_load_resumes_after_an_interruption(serve, tmp_path):
     assert keys == [f"r/{i:03d}" for i in range(200, 300)]
 
 
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ({"key": "k/bad", "value": "!!"}, "line 203 ('k/bad'): \"value\" is not valid base64"),
+        ({"key": "k/" + "x" * 2000, "value": ""}, "line 203 ('k/" + "x" * 58 + "'...): the key is"),
+    ],
+)
+def test_load_names_the_line_the_server_refused(nav, tmp_path, server, bad, said):
+    # The server can only say which operation of a batch it refused; a dump has 1,000,000 lines.
+    lines = [json.dumps({"navistore_dump": 1})]
+    lines += [json.dumps({"key": f"k/{i:03d}", "value": "dg=="}) for i in range(201)]
+    lines += [json.dumps(bad), json.dumps({"key": "k/after", "value": "dg=="})]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    loaded = nav("load", "d.jsonl")
+    assert loaded.returncode == 2, loaded.stderr
+    assert said in loaded.stderr.decode(), loaded.stderr
+    assert b"operation" not in loaded.stderr
+    # The batches before the bad line's are in; its own is not, all or nothing.
+    assert len(list(Client(server.url).list("k/"))) == 128
+
+
 def test_load_refuses_a_file_that_is_not_a_dump(nav, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"navistore_dump": 1}\nnot json\n')
     bad = nav("load", "bad.jsonl")
