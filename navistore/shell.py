@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from navistore import errors
 from navistore.backup import dump, load
-from navistore.client import Client, ClientError
+from navistore.client import Client, ClientError, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
 
@@ -166,6 +166,13 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
     except (errors.InvalidRequest, OSError) as exc:
         print(f"navistore: {getattr(exc, 'description', None) or exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, errors.InvalidRequest) else EXIT_ERROR
+    except Unauthorized:
+        if args.token:
+            said = "the server refused the token given (--token or $NAVISTORE_TOKEN)"
+        else:
+            said = f"{args.url} needs a token: give it with --token or $NAVISTORE_TOKEN"
+        print(f"navistore: unauthorized: {said}", file=sys.stderr)
+        return EXIT_ERROR
     except (ClientError, errors.NavistoreError) as exc:
         print(f"navistore: {exc.title.lower()}: {exc.description}", file=sys.stderr)
         return EXIT_ERROR

@@ -318,6 +318,24 @@ def test_load_names_the_line_the_server_refused(nav, tmp_path, server, bad, said
     assert len(list(Client(server.url).list("k/"))) == 128
 
 
+def test_a_server_that_wants_a_token_says_how_to_give_it(nav, tmp_path):
+    (tmp_path / "guarded").mkdir()
+    guarded = ServerProcess(["--token", "s3cret"], tmp_path / "guarded")
+    try:
+        missing = nav("ls", url=guarded.url)
+        assert missing.returncode == 4
+        assert (
+            f"{guarded.url} needs a token: give it with --token or $NAVISTORE_TOKEN".encode()
+            in (missing.stderr)
+        )
+        wrong = nav("get", "k", "--token", "wrong", url=guarded.url)
+        assert wrong.returncode == 4 and b"refused the token given" in wrong.stderr
+        right = nav("put", "k", "v", "--token", "s3cret", url=guarded.url)
+        assert right.returncode == 0, right.stderr
+    finally:
+        guarded.stop()
+
+
 def test_load_refuses_a_file_that_is_not_a_dump(nav, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"navistore_dump": 1}\nnot json\n')
     bad = nav("load", "bad.jsonl")
