@@ -218,6 +218,13 @@ def test_navistore_conformance_reports_on_sqlite(tmp_path):
     assert re.search(r"SKIP  test_two_stores_on_one_url.*capability 'shared'", out)
 
 
+def test_navistore_conformance_on_a_scheme_nobody_provides_says_so_once(tmp_path):
+    result = conformance([f"nosuch:///{tmp_path}/x{{n}}.db"], tmp_path)
+    assert result.returncode == 2
+    assert "no plugin provides the scheme 'nosuch'; installed:" in result.stderr
+    assert "FAIL" not in result.stdout
+
+
 def test_navistore_conformance_reports_failures_and_skips(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -71,7 +71,11 @@ class _Collector:
 def run(
     url: str | None, out: TextIO, examples: int | None = None, select: str | None = None
 ) -> int:
-    """Run the suite on ``url`` (default: sqlite, in a temporary folder); return pytest's code."""
+    """Run the suite on ``url`` (default: sqlite, in a temporary folder); return pytest's code.
+    A URL that no installed plugin can open is a ``PluginError`` before any test runs (else every
+    test failed with it)."""
+    if url is not None:
+        get_plugin_manager().backend_for(url_scheme(url))
     with tempfile.TemporaryDirectory(prefix="navistore-conformance-") as scratch:
         if url is None:
             url = f"sqlite:///{scratch}/conformance-{{n}}.db"
