@@ -350,7 +350,7 @@ class Client:
         """One page of the change feed after ``since``: (changes, the store's newest seq); with
         ``values``, each change carries the value it wrote."""
         query = {"since": since, "limit": limit, "wait": wait or None}
-        query.update({"key": key} if key is not None else {"prefix": prefix or None})
+        query.update(key=key, prefix=prefix or None)  # both: the server says which to choose
         if values:
             query["values"] = "true"
         body = self._json("GET", "/v1/changes", query=query, timeout=self.timeout + wait)

@@ -23,6 +23,14 @@ from navistore.client import Client, ClientError, Unauthorized
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
 
 
+def _etag(text: str) -> str:
+    """An etag as ``--if-match`` takes it: quoted, as the server gives it, or bare, as a shell
+    leaves ``--if-match "01a2...-node"`` (the quotes are the shell's); ``*``: any version."""
+    if text == "*" or text.startswith(('"', 'W/"')):
+        return text
+    return f'"{text}"'
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, token=args.token)
 
@@ -104,6 +112,8 @@ def _retrying(error: errors.NavistoreError, delay: float) -> None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    if args.key is not None and args.prefix:
+        raise errors.InvalidRequest("watch a PREFIX or one --key, not both")
     seen = 0
     with _client(args) as client:
         try:
@@ -204,13 +214,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     put.add_argument("-f", "--file", help="read the value from this file")
     put.add_argument("-t", "--content-type", help="the value's content type")
     put.add_argument("--ttl", type=int, help="seconds to live")
-    put.add_argument("--if-match", metavar="ETAG", help="only over this version (compare-and-set)")
+    put.add_argument(
+        "--if-match", metavar="ETAG", type=_etag, help="only over this version (compare-and-set)"
+    )
     put.add_argument("--create", action="store_true", help="only if the key does not exist")
     put.set_defaults(func=cmd_put)
 
     delete = commands.add_parser("delete", parents=[common], help="delete a key (or a prefix)")
     delete.add_argument("key")
-    delete.add_argument("--if-match", metavar="ETAG", help="only this version")
+    delete.add_argument("--if-match", metavar="ETAG", type=_etag, help="only this version")
     delete.add_argument("--prefix", action="store_true", help="delete every key under KEY")
     delete.set_defaults(func=cmd_delete)
 

@@ -120,6 +120,27 @@ def test_ls_and_delete(nav):
     assert nav("ls").stdout == b""
 
 
+def test_if_match_takes_the_etag_with_or_without_its_quotes(nav):
+    # `--if-match "01a2...-node"` in a shell passes the etag without its quotes.
+    first = nav("put", "cas", "1").stdout.decode().strip()
+    bare = first.strip('"')
+    assert first == f'"{bare}"'
+    second = nav("put", "cas", "2", "--if-match", bare)
+    assert second.returncode == 0, second.stderr
+    stale = nav("put", "cas", "3", "--if-match", bare)
+    assert stale.returncode == 3 and b"precondition failed" in stale.stderr
+    latest = second.stdout.decode().strip()
+    assert nav("delete", "cas", "--if-match", latest).returncode == 0
+    assert nav("get", "cas").returncode == 1
+
+
+def test_watch_takes_a_prefix_or_a_key_not_both(nav, server):
+    both = nav("watch", "a/", "--key", "b", "--wait", "1")
+    assert both.returncode == 2 and b"watch a PREFIX or one --key, not both" in both.stderr
+    with Client(server.url) as client, pytest.raises(errors.InvalidRequest, match="not both"):
+        client.changes(prefix="a/", key="b")
+
+
 def test_watch_prints_json_lines(nav, server):
     watcher = subprocess.Popen(
         [sys.executable, "-m", "navistore", "watch", "w/", "--count", "2", "--wait", "5"],
