@@ -116,6 +116,16 @@ class Change:
         return cls(**{**item, "value": None if value is None else base64.b64decode(value)})
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Every key under a prefix with its value (``Client.snapshot``), and ``index``: the store's
+    newest seq when the first page was read. A watch from ``index`` brings every change the read
+    may have missed (and some it saw: applied in order, they end in the same state)."""
+
+    entries: list[Entry]
+    index: int
+
+
 def key_path(key: str) -> str:
     """The request path of a key: every segment percent-encoded, ``.`` and ``..`` included (HTTP
     libraries and proxies drop dot segments unless they are escaped)."""
@@ -304,21 +314,43 @@ class Client:
     ) -> Iterator[Entry]:
         """Every key under ``prefix`` with its value, in key order, a page at a time (etcd's
         ``get --prefix``, Consul's ``?recurse``). Each page is read at one moment; keys written
-        while later pages are read may show their newer value, or not at all if deleted."""
+        while later pages are read may show their newer value, or not at all if deleted. To
+        follow what was read with a watch, read it with ``snapshot``."""
+        for _, entries in self._value_pages(prefix, page_size, after):
+            yield from entries
+
+    def snapshot(self, prefix: str = "", page_size: int = 1000) -> Snapshot:
+        """Every key under ``prefix`` with its value, and the index to watch from so as to miss
+        no change since (etcd's revision of a ``get``, Consul's ``X-Consul-Index``)::
+
+            config = store.snapshot("app/")
+            for change in store.watch("app/", since=config.index, values=True): ...
+        """
+        pages = self._value_pages(prefix, page_size)
+        index, entries = next(pages)
+        for _, more in pages:
+            entries += more
+        return Snapshot(entries, index)
+
+    def _value_pages(
+        self, prefix: str, page_size: int, after: str = ""
+    ) -> Iterator[tuple[int, list[Entry]]]:
+        """(the store's newest seq as the page was read, the page's entries), page by page."""
         while True:
-            page = self._json(
-                "GET",
-                "/v1/keys",
-                query={"prefix": prefix, "after": after, "limit": page_size, "values": "true"},
-            )
-            for item in page["keys"]:
-                yield Entry(
+            query = {"prefix": prefix, "after": after, "limit": page_size, "values": "true"}
+            _, headers, data = self.request("GET", "/v1/keys", query=query)
+            page = json.loads(data)
+            entries = [
+                Entry(
                     item["key"],
                     base64.b64decode(item["value"]),
                     item["content_type"],
                     item["etag"],
                     item["expires_at"],
                 )
+                for item in page["keys"]
+            ]
+            yield int(headers["x-navistore-index"]), entries
             if page["next"] is None:
                 return
             after = page["next"]

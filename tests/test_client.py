@@ -183,6 +183,43 @@ def test_watch_with_values_yields_what_each_change_wrote(client):
     assert [c.value for c in plain] == [None, None]  # no values unless asked
 
 
+def test_a_snapshot_then_a_watch_from_its_index_misses_nothing(client, server):
+    keys = [f"s/{i:03d}" for i in range(120)]
+    client.batch([{"op": "put", "key": k, "value": b"0"} for k in keys])
+
+    class WritesBetweenPages(Client):
+        """Another client writes once the first page has been read, before the others are."""
+
+        pages = 0
+
+        def request(self, method, path, *args, **kwargs):
+            answer = super().request(method, path, *args, **kwargs)
+            if path == "/v1/keys":
+                self.pages += 1
+                if self.pages == 1:
+                    with Client(server.url) as other:
+                        other.put("s/000", b"changed")  # on the page read already
+                        other.delete("s/001")
+                        other.put("s/119", b"changed too")  # on a page still to read
+            return answer
+
+    with WritesBetweenPages(server.url) as reader:
+        snapshot = reader.snapshot("s/", page_size=50)
+    assert reader.pages == 3
+    state = {e.key: e.value for e in snapshot.entries}
+    assert (state["s/000"], state["s/001"], state["s/119"]) == (b"0", b"0", b"changed too")
+    # A watch from the snapshot's index brings what the read missed; from the index of the last
+    # page, the changes to s/000 and s/001 were lost.
+    changes, _ = client.changes(snapshot.index, prefix="s/", values=True)
+    for change in changes:
+        if change.deleted:
+            state.pop(change.key, None)
+        else:
+            state[change.key] = change.value
+    assert state == {e.key: e.value for e in client.get_prefix("s/")}
+    assert state["s/000"] == b"changed" and "s/001" not in state
+
+
 def test_the_connection_is_reused(client, server):
     client.put("r", b"1")
     conn = client._local.conn
