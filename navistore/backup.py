@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from navistore import errors
 from navistore.client import Client
-from navistore.node import MAX_BATCH_OPS
+from navistore.limits import MAX_BATCH_OPS
 
 FORMAT_VERSION = 1
 _BATCH_BYTES = 4 * 1024 * 1024  # well under the server's 8 MiB, base64 included

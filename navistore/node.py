@@ -34,6 +34,16 @@ from navistore.errors import (
     TooManyWatchers,
     ValueTooLarge,
 )
+from navistore.limits import (
+    DEFAULT_LIMIT,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_OPS,
+    MAX_CONTENT_TYPE,
+    MAX_KEY_BYTES,
+    MAX_LIMIT,
+    MAX_PAGE_VALUE_BYTES,
+    MAX_TTL,
+)
 from navistore.plugins import Plugins, get_plugin_manager, plugins_report, resolve_replicator_name
 from navistore.record import (
     ABSENT,
@@ -53,16 +63,6 @@ from navistore.store import Backend, Store, listing_json, scan_page, url_scheme
 
 log = logging.getLogger("navistore")
 
-MAX_KEY_BYTES = 1024
-MAX_TTL = 31_536_000
-MAX_LIMIT = 1000
-DEFAULT_LIMIT = 100
-MAX_BATCH_OPS = 128
-MAX_BATCH_BYTES = 8 * 1024 * 1024
-#: The value bytes a page read with ``values=true`` carries at most (its first value always goes,
-#: whatever its size): base64 makes the answer about a third larger.
-MAX_PAGE_VALUE_BYTES = 4 * 1024 * 1024
-MAX_CONTENT_TYPE = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STALE_RETRIES = 8
 #: Expiries are purged this long apart at the least (each purge is a write transaction).
