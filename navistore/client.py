@@ -397,6 +397,7 @@ class Client:
         values: bool = False,
         reconnect: bool = True,
         on_retry: Callable[[errors.NavistoreError, float], None] | None = None,
+        on_reconnect: Callable[[int], None] | None = None,
     ) -> Iterator[Change]:
         """Yield changes as they commit, from ``since`` (default: from now on), forever; with
         ``values``, each with the value it wrote.
@@ -406,14 +407,16 @@ class Client:
         Once the watch has reached the server, when the server cannot be reached (it restarts,
         say) or answers 5xx, the watch tries again from where it was, as etcd's and Consul's do:
         0.1 s later, then twice as long each time, up to 5 s, for as long as it takes.
-        ``on_retry(error, delay)`` hears of each failed try; with ``reconnect=False`` the error is
-        raised instead. Any other error (401, 400, 410), and any error before the server first
-        answered (a wrong URL, say), is raised at once.
+        ``on_retry(error, delay)`` hears of each failed try, and ``on_reconnect(seq)`` of the
+        first that answered again (the watch goes on after ``seq``); with ``reconnect=False`` the
+        error is raised instead. Any other error (401, 400, 410), and any error before the server
+        first answered (a wrong URL, say), is raised at once.
         """
         reached = since is None  # then the status read below must answer first
         if since is None:
             since = self.status()["last_seq"]
         delay = WATCH_RETRY_FIRST
+        retried = False
         while True:
             try:
                 changes, last_seq = self.changes(
@@ -431,9 +434,11 @@ class Client:
                 if on_retry is not None:
                     on_retry(exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, WATCH_RETRY_MAX)
+                delay, retried = min(delay * 2, WATCH_RETRY_MAX), True
                 continue
-            reached, delay = True, WATCH_RETRY_FIRST
+            if retried and on_reconnect is not None:
+                on_reconnect(since)
+            reached, delay, retried = True, WATCH_RETRY_FIRST, False
             yield from changes
             # Nothing matched up to last_seq (read before the feed): go on from there. That is
             # also where to go on from when the store was reset below our position.

@@ -111,6 +111,13 @@ def _retrying(error: errors.NavistoreError, delay: float) -> None:
     )
 
 
+def _reconnected(url: str) -> Callable[[int], None]:
+    def say(seq: int) -> None:
+        print(f"navistore: watch: {url} answers again; going on after seq {seq}", file=sys.stderr)
+
+    return say
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     if args.key is not None and args.prefix:
         raise errors.InvalidRequest("watch a PREFIX or one --key, not both")
@@ -124,6 +131,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 wait=args.wait,
                 values=args.values,
                 on_retry=_retrying,
+                on_reconnect=_reconnected(args.url),
             )
             for change in changes:
                 line = {

@@ -184,6 +184,7 @@ def test_watch_goes_on_across_a_server_restart(tmp_path):
     assert [c["key"] for c in lines] == ["w/1", "w/2"] and lines[1]["seq"] == lines[0]["seq"] + 1
     assert watcher.returncode == 0
     assert b"cannot reach" in err and b"trying again" in err
+    assert f"{server.url} answers again; going on after seq {lines[0]['seq']}".encode() in err
 
 
 def test_watch_does_not_retry_what_a_retry_cannot_mend(server, tmp_path):
