@@ -137,7 +137,6 @@ def _name_the_line(exc: errors.NavistoreError, ops: list[dict[str, Any]], lines:
         description = description.removeprefix(said)
     shown = repr(key) if len(key) <= 60 else f"{key[:60]!r}..."
     exc.description = f"line {lines[index]} ({shown}): {description}"
-    exc.args = (exc.description,)
 
 
 def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
@@ -161,6 +160,13 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
                 client.batch(pending)
             except errors.NavistoreError as exc:
                 _name_the_line(exc, pending, pending_lines)
+                loaded = pending_lines[0] - 1  # what the progress file says
+                if loaded > 1:  # past the header
+                    exc.description += (
+                        f" (lines up to {loaded} are loaded; run the same command to go on from "
+                        "there)"
+                    )
+                exc.args = (exc.description,)
                 raise
             written += len(pending)
             progress.advance(len(pending))

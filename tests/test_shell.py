@@ -339,6 +339,14 @@ def test_load_names_the_line_the_server_refused(nav, tmp_path, server, bad, said
     assert b"operation" not in loaded.stderr
     # The batches before the bad line's are in; its own is not, all or nothing.
     assert len(list(Client(server.url).list("k/"))) == 128
+    assert b"(lines up to 129 are loaded; run the same command to go on from there)" in (
+        loaded.stderr
+    )
+    lines[203 - 1] = json.dumps({"key": "k/mended", "value": "dg=="})
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    again = nav("load", "d.jsonl")
+    assert again.returncode == 0 and b"resumed after line 129" in again.stderr, again.stderr
+    assert len(list(Client(server.url).list("k/"))) == 203
 
 
 def test_a_server_that_wants_a_token_says_how_to_give_it(nav, tmp_path):
