@@ -415,8 +415,7 @@ class Client:
         reached = since is None  # then the status read below must answer first
         if since is None:
             since = self.status()["last_seq"]
-        delay = WATCH_RETRY_FIRST
-        retried = False
+        delay = WATCH_RETRY_FIRST  # grows only while the server cannot be reached
         while True:
             try:
                 changes, last_seq = self.changes(
@@ -434,11 +433,11 @@ class Client:
                 if on_retry is not None:
                     on_retry(exc, delay)
                 time.sleep(delay)
-                delay, retried = min(delay * 2, WATCH_RETRY_MAX), True
+                delay = min(delay * 2, WATCH_RETRY_MAX)
                 continue
-            if retried and on_reconnect is not None:
+            if delay > WATCH_RETRY_FIRST and on_reconnect is not None:  # it had tried again
                 on_reconnect(since)
-            reached, delay, retried = True, WATCH_RETRY_FIRST, False
+            reached, delay = True, WATCH_RETRY_FIRST
             yield from changes
             # Nothing matched up to last_seq (read before the feed): go on from there. That is
             # also where to go on from when the store was reset below our position.
