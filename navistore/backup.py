@@ -125,18 +125,22 @@ def _operation(item: dict[str, Any], now: float) -> dict[str, Any] | None:
     return op
 
 
-def _name_the_line(exc: errors.NavistoreError, ops: list[dict[str, Any]], lines: list[int]) -> None:
-    """A batch the server refused for one operation: say which line of the dump it came from
-    (the server can only say which operation of the batch), in place of the operation's place."""
+def _say_where(exc: errors.NavistoreError, ops: list[dict[str, Any]], lines: list[int]) -> None:
+    """A batch failed: say which line of the dump the refused operation came from (the server
+    can only say which operation of the batch) and how far the load got, in the error itself."""
     index = exc.index
-    if index is None or not 0 <= index < len(ops):
-        return
-    key = ops[index]["key"]
-    description = exc.description
-    for said in (f"operation {index}: ", f"operation {index} ({key!r}): "):
-        description = description.removeprefix(said)
-    shown = repr(key) if len(key) <= 60 else f"{key[:60]!r}..."
-    exc.description = f"line {lines[index]} ({shown}): {description}"
+    if index is not None and 0 <= index < len(ops):
+        key = ops[index]["key"]
+        for said in (f"operation {index}: ", f"operation {index} ({key!r}): "):
+            exc.description = exc.description.removeprefix(said)
+        shown = repr(key) if len(key) <= 60 else f"{key[:60]!r}..."
+        exc.description = f"line {lines[index]} ({shown}): {exc.description}"
+    loaded = lines[0] - 1  # what the progress file says
+    if loaded > 1:  # past the header
+        exc.description += (
+            f" (lines up to {loaded} are loaded; run the same command to go on from there)"
+        )
+    exc.args = (exc.description,)
 
 
 def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
@@ -159,14 +163,7 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
             try:
                 client.batch(pending)
             except errors.NavistoreError as exc:
-                _name_the_line(exc, pending, pending_lines)
-                loaded = pending_lines[0] - 1  # what the progress file says
-                if loaded > 1:  # past the header
-                    exc.description += (
-                        f" (lines up to {loaded} are loaded; run the same command to go on from "
-                        "there)"
-                    )
-                exc.args = (exc.description,)
+                _say_where(exc, pending, pending_lines)
                 raise
             written += len(pending)
             progress.advance(len(pending))
