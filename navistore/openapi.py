@@ -12,7 +12,7 @@ from typing import Any
 import falcon
 
 from navistore._version import __version__
-from navistore.node import (
+from navistore.limits import (
     DEFAULT_LIMIT,
     MAX_BATCH_OPS,
     MAX_CONTENT_TYPE,

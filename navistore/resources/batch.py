@@ -5,7 +5,8 @@ from __future__ import annotations
 import falcon
 
 from navistore.errors import InvalidRequest
-from navistore.node import MAX_BATCH_BYTES, Node
+from navistore.limits import MAX_BATCH_BYTES
+from navistore.node import Node
 from navistore.resources import read_json
 
 

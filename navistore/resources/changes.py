@@ -8,7 +8,8 @@ import falcon
 
 from navistore import _http
 from navistore.errors import InvalidRequest
-from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, Node
+from navistore.limits import DEFAULT_LIMIT, MAX_LIMIT
+from navistore.node import Node
 from navistore.record import Record
 
 MAX_WAIT = 600

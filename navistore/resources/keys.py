@@ -8,7 +8,8 @@ import falcon
 
 from navistore import _http
 from navistore.errors import InvalidRequest, PreconditionFailed
-from navistore.node import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL, Node, printable_ascii
+from navistore.limits import DEFAULT_LIMIT, MAX_LIMIT, MAX_TTL
+from navistore.node import Node, printable_ascii
 from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect, Record
 from navistore.store import dump_json, listing_entry
 
