@@ -3,7 +3,8 @@
 They talk to a server over HTTP (``--url`` or ``NAVISTORE_URL``; ``--token`` or
 ``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte, ``put``
 reads stdin when no value is given, and the exit status says what happened: 0 done, 1 not found,
-2 usage, 3 precondition failed, 4 any other error (the server unreachable, say).
+2 usage, 3 precondition failed, 4 any other error (the server unreachable, say), and 141 (as
+for SIGPIPE), quietly, when whoever reads the output stops reading (``navistore ls | head``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import datetime
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -21,6 +23,7 @@ from navistore.backup import dump, load
 from navistore.client import Client, ClientError, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
+EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command killed by SIGPIPE
 
 
 def _etag(text: str) -> str:
@@ -181,6 +184,13 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
     except errors.PreconditionFailed as exc:
         print(f"navistore: precondition failed: {exc.description}", file=sys.stderr)
         return EXIT_PRECONDITION
+    except BrokenPipeError:
+        # The reader went away (`navistore ls | head`): stop quietly, as a command killed by
+        # SIGPIPE does, and keep Python from complaining as it flushes stdout on the way out.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
     except (errors.InvalidRequest, OSError) as exc:
         print(f"navistore: {getattr(exc, 'description', None) or exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, errors.InvalidRequest) else EXIT_ERROR

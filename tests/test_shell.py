@@ -121,6 +121,33 @@ def test_ls_and_delete(nav):
     assert nav("ls").stdout == b""
 
 
+def _put_many(url: str, keys: list[str], value: bytes = b"v") -> None:
+    encoded = base64.b64encode(value).decode()
+    with Client(url) as client:
+        for start in range(0, len(keys), 128):
+            client.batch(
+                [{"op": "put", "key": k, "value": encoded} for k in keys[start : start + 128]]
+            )
+
+
+@pytest.mark.parametrize("command", [["ls"], ["dump"], ["watch", "--since", "0"]])
+def test_a_reader_that_stops_early_ends_the_command_quietly(nav, server, command):
+    # `navistore ls | head`: stop as a command killed by SIGPIPE does (status 141), not with a
+    # traceback or "Broken pipe" on stderr. The output (over 100 KB) outgrows the pipe's buffer.
+    _put_many(server.url, [f"pipe/{i:04d}/{'x' * 100}" for i in range(1100)])
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "navistore", *command],
+        env={**os.environ, "NAVISTORE_URL": server.url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout.readline().endswith(b"\n")  # it has begun
+    reader.stdout.close()
+    stderr = reader.stderr.read()
+    assert reader.wait(timeout=60) == 141, stderr
+    assert stderr == b""
+
+
 def test_if_match_takes_the_etag_with_or_without_its_quotes(nav):
     # `--if-match "01a2...-node"` in a shell passes the etag without its quotes.
     first = nav("put", "cas", "1").stdout.decode().strip()
