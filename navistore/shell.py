@@ -38,7 +38,30 @@ def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, token=args.token)
 
 
+def _one_line(value: bytes) -> str:
+    """A value as ``get --prefix`` shows it on its key's line: as it is, when it is one line of
+    printable UTF-8 that does not start with a quote; else as a JSON string (``"a\\nb"``), or
+    for bytes that are not UTF-8, their count."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"({len(value)} bytes, not UTF-8: navistore get prints them)"
+    if text.isprintable() and not text.startswith('"'):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
+    if args.prefix:
+        if args.output or args.etag:
+            raise errors.InvalidRequest(
+                "get --prefix prints KEY:VALUE lines; -o and --etag are for one key "
+                "(navistore dump --prefix writes values byte for byte)"
+            )
+        with _client(args) as client:
+            for entry in client.get_prefix(args.key):
+                print(f"{entry.key}:{_one_line(entry.value)}")
+        return EXIT_OK
     with _client(args) as client:
         entry = client.get(args.key)
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
@@ -218,8 +241,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--token", default=os.environ.get("NAVISTORE_TOKEN"), help="bearer token ($NAVISTORE_TOKEN)"
     )
 
-    get = commands.add_parser("get", parents=[common], help="print a value, byte for byte")
+    get = commands.add_parser(
+        "get", parents=[common], help="print a value, byte for byte (or a prefix's, a line each)"
+    )
     get.add_argument("key")
+    get.add_argument(
+        "--prefix", action="store_true", help="every key under KEY with its value: KEY:VALUE lines"
+    )
     get.add_argument("-o", "--output", help="write the value to this file instead of stdout")
     get.add_argument("--etag", action="store_true", help="also print the etag, on stderr")
     get.set_defaults(func=cmd_get)

@@ -130,7 +130,44 @@ def _put_many(url: str, keys: list[str], value: bytes = b"v") -> None:
             )
 
 
-@pytest.mark.parametrize("command", [["ls"], ["dump"], ["watch", "--since", "0"]])
+def test_get_prefix_prints_each_key_with_its_value_on_a_line(nav, server):
+    # etcd's `get --prefix`, Consul's `kv get -recurse` (KEY:VALUE); a value that would not keep
+    # to its line, or would read as something else, is shown as a JSON string.
+    nav("put", "cfg/db/host", "10.0.0.5")
+    nav("put", "cfg/empty", "")
+    nav("put", "cfg/motd", stdin=b"line 1\nline 2\ttabbed")
+    nav("put", "cfg/quoted", '"as JSON"')
+    nav("put", "cfg/bin", stdin=b"\xff\xfe\x00")
+    nav("put", "cfg/été:x", "ünïcode")
+    nav("put", "other", "not under cfg/")
+    shown = nav("get", "--prefix", "cfg/")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.decode().splitlines() == [
+        "cfg/bin:(3 bytes, not UTF-8: navistore get prints them)",
+        "cfg/db/host:10.0.0.5",
+        "cfg/empty:",
+        'cfg/motd:"line 1\\nline 2\\ttabbed"',
+        'cfg/quoted:"\\"as JSON\\""',
+        "cfg/été:x:ünïcode",
+    ]
+    assert json.loads(shown.stdout.decode().splitlines()[3][len("cfg/motd:") :]) == (
+        "line 1\nline 2\ttabbed"
+    )
+    nothing = nav("get", "--prefix", "none/")
+    assert nothing.returncode == 0 and nothing.stdout == b""
+    for extra in (["-o", "out"], ["--etag"]):
+        refused = nav("get", "--prefix", "cfg/", *extra)
+        assert refused.returncode == 2 and b"-o and --etag are for one key" in refused.stderr
+    # More keys than a page (1000): every one, in key order.
+    keys = [f"page/{i:05d}" for i in range(1100)]
+    _put_many(server.url, keys)
+    lines = nav("get", "--prefix", "page/").stdout.decode().splitlines()
+    assert lines == [f"{key}:v" for key in keys]
+
+
+@pytest.mark.parametrize(
+    "command", [["ls"], ["get", "--prefix", ""], ["dump"], ["watch", "--since", "0"]]
+)
 def test_a_reader_that_stops_early_ends_the_command_quietly(nav, server, command):
     # `navistore ls | head`: stop as a command killed by SIGPIPE does (status 141), not with a
     # traceback or "Broken pipe" on stderr. The output (over 100 KB) outgrows the pipe's buffer.
