@@ -1,6 +1,8 @@
 """``navistore dump`` and ``navistore load``: JSON Lines backups over the REST API.
 
-A dump's first line is a header (``{"navistore_dump": 1, ...}``); every other line is one key:
+A dump's first line is a header (``{"navistore_dump": 1, ..., "index": N}``, N the source's
+newest seq when the dump began: a watch from it sees every change the dump may miss); every
+other line is one key:
 ``{"key", "value" (base64), "content_type", "etag", "expires_at"}``. Binary-safe, and readable with
 ``jq``. Loading writes through ``POST /v1/batch``, so it is idempotent (loading twice leaves the
 same keys, values, content types and expiry times), and resumable: the number of lines done is
@@ -10,6 +12,7 @@ kept in ``FILE.progress`` and a load interrupted goes on from there.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import os
@@ -65,14 +68,18 @@ class Progress:
 def dump(client: Client, out: IO[bytes], prefix: str = "") -> int:
     """Write every live key under ``prefix`` as JSON Lines; return how many."""
     progress = Progress("dumped", None)
+    created = time.time()
+    pages = client.value_pages(prefix)
+    index, first = next(pages)
     header = {
         "navistore_dump": FORMAT_VERSION,
         "source": client.url,
         "prefix": prefix,
-        "created": time.time(),
+        "created": created,
+        "index": index,  # watch the source from here to follow it on past the dump
     }
     out.write(json.dumps(header).encode() + b"\n")
-    for entry in client.get_prefix(prefix):
+    for entry in itertools.chain(first, (entry for _, page in pages for entry in page)):
         line = {
             "key": entry.key,
             "value": base64.b64encode(entry.value).decode("ascii"),

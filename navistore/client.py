@@ -316,7 +316,7 @@ class Client:
         ``get --prefix``, Consul's ``?recurse``). Each page is read at one moment; keys written
         while later pages are read may show their newer value, or not at all if deleted. To
         follow what was read with a watch, read it with ``snapshot``."""
-        for _, entries in self._value_pages(prefix, page_size, after):
+        for _, entries in self.value_pages(prefix, page_size, after):
             yield from entries
 
     def snapshot(self, prefix: str = "", page_size: int = 1000) -> Snapshot:
@@ -326,16 +326,18 @@ class Client:
             config = store.snapshot("app/")
             for change in store.watch("app/", since=config.index, values=True): ...
         """
-        pages = self._value_pages(prefix, page_size)
+        pages = self.value_pages(prefix, page_size)
         index, entries = next(pages)
         for _, more in pages:
             entries += more
         return Snapshot(entries, index)
 
-    def _value_pages(
-        self, prefix: str, page_size: int, after: str = ""
+    def value_pages(
+        self, prefix: str = "", page_size: int = 1000, after: str = ""
     ) -> Iterator[tuple[int, list[Entry]]]:
-        """(the store's newest seq as the page was read, the page's entries), page by page."""
+        """``get_prefix`` a page at a time, each with the store's newest seq as it was read: the
+        first page's is the index to watch from, as ``snapshot`` gives, for a reader that streams
+        the keys rather than hold them all (``navistore dump`` keeps it in its header)."""
         while True:
             query = {"prefix": prefix, "after": after, "limit": page_size, "values": "true"}
             _, headers, data = self.request("GET", "/v1/keys", query=query)

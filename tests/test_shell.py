@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import io
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from navistore import errors
+from navistore.backup import dump
 from navistore.client import Client, ClientError, Unauthorized
 from navistore.testing.servers import ServerProcess, free_port
 
@@ -361,6 +363,40 @@ def test_dump_and_load_10000_keys(serve, tmp_path):
     for key, expires in listed_a.items():
         if expires is not None:  # the expiry is kept (to the second)
             assert abs(listed_b[key] - expires) < 2
+
+
+def test_a_dump_keeps_the_index_to_follow_its_source_from(nav, server):
+    # Restore a dump elsewhere, then follow the source from the header's index: nothing missed,
+    # even what changed while the dump was being read (here, between its two pages).
+    keys = [f"d/{i:04d}" for i in range(1100)]
+    _put_many(server.url, keys, b"0")
+
+    class WritesBetweenPages(Client):
+        pages = 0
+
+        def request(self, method, path, *args, **kwargs):
+            answer = super().request(method, path, *args, **kwargs)
+            if path == "/v1/keys":
+                self.pages += 1
+                if self.pages == 1:
+                    with Client(server.url) as other:
+                        other.put("d/0000", b"changed")  # on the page read already
+                        other.put("d/1099", b"changed too")  # on the page still to read
+            return answer
+
+    out = io.BytesIO()
+    with WritesBetweenPages(server.url) as reader:
+        assert dump(reader, out, "d/") == 1100
+    assert reader.pages == 2
+    header, *lines = (json.loads(line) for line in out.getvalue().splitlines())
+    with Client(server.url) as client:
+        assert header["index"] == client.status()["last_seq"] - 2
+        state = {line["key"]: base64.b64decode(line["value"]) for line in lines}
+        assert (state["d/0000"], state["d/1099"]) == (b"0", b"changed too")
+        changes, _ = client.changes(header["index"], prefix="d/", values=True)
+        for change in changes:
+            state[change.key] = change.value
+        assert state == {entry.key: entry.value for entry in client.get_prefix("d/")}
 
 
 def test_load_resumes_after_an_interruption(serve, tmp_path):
