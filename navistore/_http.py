@@ -66,9 +66,11 @@ def key_from_path(env: dict, route_prefix: str) -> str:
     return percent_decode(path[start + len(prefix) :], "key")
 
 
-def query(env: dict) -> dict[str, str]:
+def query(env: dict, known: tuple[str, ...], hint: str = "") -> dict[str, str]:
     """The query string's parameters, decoded strictly. Each takes one value, so a name given
-    twice (``?ttl=5&ttl=60``) is refused: which one the client meant is anybody's guess."""
+    twice (``?ttl=5&ttl=60``) is refused: which one the client meant is anybody's guess. A name
+    not ``known`` is refused too: a typo (``?tll=60``) would otherwise pass unnoticed, and the key
+    live for ever. ``hint`` ends that error's description."""
     raw = env.get("QUERY_STRING", "")
     params: dict[str, str] = {}
     if not raw:
@@ -83,6 +85,12 @@ def query(env: dict) -> dict[str, str]:
         params[name_text] = percent_decode(
             value, f"query parameter {name_text!r}", plus_is_space=True
         )
+        if name_text not in known:
+            takes = f"takes {', '.join(known)}" if known else "takes no query parameters"
+            raise InvalidRequest(
+                f"unknown query parameter {name_text!r}: {env.get('REQUEST_METHOD')} on this "
+                f"route {takes}{hint}"
+            )
     return params
 
 

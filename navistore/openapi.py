@@ -32,7 +32,10 @@ def _error(description: str) -> dict[str, Any]:
 def errors(*codes: int) -> dict[str, Any]:
     """Response objects for error statuses, all with the JSON error body."""
     text = {
-        400: "Malformed request: the description names the problem and the limit",
+        400: (
+            "Malformed request: the description names the problem and the limit (a query "
+            "parameter the route does not list is refused)"
+        ),
         401: "A token is configured and the request did not carry it",
         404: "No such key (absent, deleted or expired), or no such route",
         405: "The route has no such method",

@@ -60,6 +60,16 @@ BAD_INPUTS = [
     ("PUT", "/v1/keys/t?ttl=%FF", b"v", {}, 400),
     ("PUT", "/v1/keys/t?ttl=99999999999999999999", b"v", {}, 400),
     ("PUT", "/v1/keys/t?ttl=5&ttl=60", b"v", {}, 400),  # which one? refused, not guessed
+    # a name the route does not take: a typo is not ignored (the key would live for ever), and
+    # etcd v2's ?recursive on one key deletes nothing
+    ("PUT", "/v1/keys/t?tll=60", b"v", {}, 400),
+    ("PUT", "/v1/keys/p?ttl=60&recursive=true", b"v", {}, 400),
+    ("DELETE", "/v1/keys/p?recursive=true", None, {}, 400),
+    ("DELETE", "/v1/keys?prefix=p&recursive=true", None, {}, 400),
+    ("GET", "/v1/keys/p?recurse", None, {}, 400),
+    ("HEAD", "/v1/keys/p?wait=5", None, {}, 400),
+    ("GET", "/v1/keys?prefx=p", None, {}, 400),
+    ("GET", "/v1/changes?index=1", None, {}, 400),
     # preconditions
     ("PUT", "/v1/keys/p", b"v", {"If-Match": "not-quoted"}, 400),
     ("PUT", "/v1/keys/p", b"v", {"If-Match": '"open'}, 400),
@@ -182,6 +192,21 @@ def test_bad_input_gets_the_right_4xx_with_a_json_description_and_changes_nothin
             assert answer.json()["description"]
     assert state(server) == before
     assert server.request("GET", "/v1/keys/p").body == b"original"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "said"),
+    [
+        ("PUT", "/v1/keys/t?tll=60", "unknown query parameter 'tll': PUT on this route takes ttl"),
+        ("GET", "/v1/keys/p?recurse", "GET /v1/keys?prefix=P&values=true"),
+        ("GET", "/v1/keys/p?index=7&wait=5", "GET /v1/changes?key=K&wait=S"),
+        ("DELETE", "/v1/keys?prefix=p&recursive", "DELETE on this route takes prefix, all"),
+        ("GET", "/v1/changes?index=1", "'index': GET on this route takes since, prefix, key,"),
+    ],
+)
+def test_an_unknown_query_parameter_is_named_with_what_the_route_takes(server, method, path, said):
+    answer = server.request(method, path, b"v" if method == "PUT" else None)
+    assert answer.status == 400 and said in answer.json()["description"]
 
 
 @pytest.mark.parametrize("path", ["/", "/v1", "/v2/keys/k"])

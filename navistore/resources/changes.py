@@ -20,7 +20,7 @@ class ChangesResource:
         self.node = node
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        params = _http.query(req.env)
+        params = _http.query(req.env, ("since", "prefix", "key", "limit", "wait", "values"))
         since = _http.integer(params, "since", 0, 0, 2**63 - 1)
         limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if "key" in params and "prefix" in params:

@@ -14,6 +14,11 @@ from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect,
 from navistore.store import dump_json, listing_entry
 
 KEY_ROUTE = "/v1/keys/"
+# For whoever brings etcd v2's ?recursive or ?wait, or Consul's ?recurse or ?index, to one key.
+_ONE_KEY_HINT = (
+    " (a subtree: GET /v1/keys?prefix=P&values=true; to wait for a change: "
+    "GET /v1/changes?key=K&wait=S)"
+)
 
 
 def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) -> Expect | str:
@@ -56,6 +61,8 @@ class KeyResource:
         return _http.key_from_path(req.env, KEY_ROUTE)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        if req.env.get("QUERY_STRING"):
+            _http.query(req.env, (), _ONE_KEY_HINT)
         record = self.node.get(self._key(req))
         resp.etag = record.etag
         if_none_match = _http.parse_etags(req.env.get("HTTP_IF_NONE_MATCH"), "If-None-Match")
@@ -79,7 +86,7 @@ class KeyResource:
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         key = self._key(req)
-        params = _http.query(req.env)
+        params = _http.query(req.env, ("ttl",))
         ttl = _http.integer(params, "ttl", None, 1, MAX_TTL)
         expect = write_condition(req, self.node, key, ANY)
         length = req.content_length
@@ -95,6 +102,8 @@ class KeyResource:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
         key = self._key(req)
+        if req.env.get("QUERY_STRING"):
+            _http.query(req.env, (), _ONE_KEY_HINT)
         if req.get_header("If-None-Match") is not None:
             raise InvalidRequest("DELETE takes If-Match, not If-None-Match")
         self.node.delete(key, write_condition(req, self.node, key, PRESENT))
@@ -108,7 +117,7 @@ class KeysResource:
         self.node = node
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        params = _http.query(req.env)
+        params = _http.query(req.env, ("prefix", "after", "limit", "separator", "values"))
         limit = _http.integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         separator = params.get("separator", "")
         prefix, after = params.get("prefix", ""), params.get("after", "")
@@ -135,7 +144,7 @@ class KeysResource:
         resp.data = f'{{"keys":{entries},"next":{dump_json(next_after)}}}'.encode()
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        params = _http.query(req.env)
+        params = _http.query(req.env, ("prefix", "all"))
         prefix = params.get("prefix", "")
         if not prefix and not _http.boolean(params, "all"):
             raise InvalidRequest("an empty prefix deletes every key: add all=true to mean it")
