@@ -2,7 +2,7 @@
 
     from navistore.client import Client
 
-    with Client("http://127.0.0.1:8888") as store:
+    with Client() as store:  # $NAVISTORE_URL, else http://127.0.0.1:8888; $NAVISTORE_TOKEN
         etag = store.put("app/db/host", b"10.0.0.5", content_type="text/plain").etag
         store.put("app/db/host", b"10.0.0.6", if_match=etag)       # compare-and-set
         print(store.get("app/db/host").value)
@@ -23,6 +23,7 @@ import base64
 import dataclasses
 import http.client
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,9 @@ __all__ = ["Change", "Client", "ClientError", "Entry", "Listed", "Unauthorized",
 #: A watch that lost its server tries again this long after, then twice as long each time, up to
 #: ``WATCH_RETRY_MAX`` (the backoff peer-push replication uses for a peer that is down).
 WATCH_RETRY_FIRST, WATCH_RETRY_MAX = 0.1, 5.0
+
+
+DEFAULT_URL = "http://127.0.0.1:8888"
 
 
 class ClientError(errors.NavistoreError):
@@ -142,8 +146,15 @@ class Client:
     """A connection-reusing client for one Navistore server."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8888", token: str | None = None, timeout: float = 30.0
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
     ) -> None:
+        """``url`` defaults to ``$NAVISTORE_URL``, else http://127.0.0.1:8888, and ``token`` to
+        ``$NAVISTORE_TOKEN``, as for the ``navistore`` commands (and as Consul's client reads
+        ``CONSUL_HTTP_ADDR`` and ``CONSUL_HTTP_TOKEN``): a program deployed to many machines
+        finds its server the way the shell there does. ``token=""`` sends no token."""
+        url = url or os.environ.get("NAVISTORE_URL") or DEFAULT_URL
+        if token is None:
+            token = os.environ.get("NAVISTORE_TOKEN")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"{url!r} is not an http:// or https:// URL")

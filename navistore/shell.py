@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from navistore import errors
 from navistore.backup import dump, load
-from navistore.client import Client, ClientError, Unauthorized
+from navistore.client import DEFAULT_URL, Client, ClientError, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command killed by SIGPIPE
@@ -234,7 +234,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("NAVISTORE_URL", "http://127.0.0.1:8888"),
+        default=os.environ.get("NAVISTORE_URL") or DEFAULT_URL,
         help="the server (default: $NAVISTORE_URL or http://127.0.0.1:8888)",
     )
     common.add_argument(

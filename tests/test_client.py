@@ -228,6 +228,24 @@ def test_the_connection_is_reused(client, server):
     assert client._local.conn is conn and conn.sock is not None
 
 
+def test_the_server_and_token_come_from_the_environment_as_for_the_commands(serve, monkeypatch):
+    server = serve("--token", "s3cret")
+    monkeypatch.setenv("NAVISTORE_URL", server.url)
+    monkeypatch.setenv("NAVISTORE_TOKEN", "s3cret")
+    with Client() as client:
+        assert client.url == server.url
+        client.put("env", b"found")
+    with Client(server.url) as client:  # the token still comes from the environment
+        assert client.get("env").value == b"found"
+    with Client(token="") as client, pytest.raises(Unauthorized):
+        client.get("env")
+    with Client(token="wrong") as client, pytest.raises(Unauthorized):
+        client.get("env")
+    monkeypatch.delenv("NAVISTORE_URL")
+    monkeypatch.delenv("NAVISTORE_TOKEN")
+    assert Client().url == "http://127.0.0.1:8888"
+
+
 def test_an_unreachable_server_is_a_client_error():
     with pytest.raises(ClientError, match="cannot reach"):
         Client("http://127.0.0.1:9").get("k")
