@@ -14,6 +14,7 @@ import base64
 import datetime
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -63,7 +64,10 @@ def cmd_get(args: argparse.Namespace) -> int:
                 print(f"{entry.key}:{_one_line(entry.value)}")
         return EXIT_OK
     with _client(args) as client:
-        entry = client.get(args.key)
+        try:
+            entry = client.get(args.key)
+        except errors.KeyNotFound as exc:
+            raise _said_what_is_under(client, args.key, exc, "get --prefix", "reads") from None
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     try:
         out.write(entry.value)
@@ -104,8 +108,26 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if args.prefix:
             print(client.delete_prefix(args.key))
         else:
-            client.delete(args.key, if_match=args.if_match)
+            try:
+                client.delete(args.key, if_match=args.if_match)
+            except errors.KeyNotFound as exc:
+                raise _said_what_is_under(
+                    client, args.key, exc, "delete --prefix", "deletes"
+                ) from None
     return EXIT_OK
+
+
+def _said_what_is_under(
+    client: Client, key: str, exc: errors.KeyNotFound, command: str, does: str
+) -> errors.KeyNotFound:
+    """``exc``, for a key that does not exist; when keys live under it (``app/`` for
+    ``app/db/host``), also how to reach them, as the user may have meant the prefix."""
+    if next(client.list(key, page_size=1), None) is None:
+        return exc
+    return errors.KeyNotFound(
+        f"{exc.description}, but keys live under it: navistore {command} {shlex.quote(key)} "
+        f"{does} them"
+    )
 
 
 def _utc(seconds: float) -> str:

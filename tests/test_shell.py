@@ -88,6 +88,27 @@ def test_exit_codes(nav, server):
     assert down.returncode == 4 and b"cannot reach" in down.stderr
 
 
+def test_a_missing_key_with_keys_under_it_says_how_to_reach_them(nav):
+    # `navistore get app/` for the subtree: point to --prefix, as the user likely meant it.
+    nav("put", "my cfg/db/host", "h")
+    for command, key, said in [
+        ("get", "my cfg/", "navistore get --prefix 'my cfg/' reads them"),
+        ("get", "my cfg/db", "navistore get --prefix 'my cfg/db' reads them"),
+        ("delete", "my cfg", "navistore delete --prefix 'my cfg' deletes them"),
+    ]:
+        missing = nav(command, key)
+        assert missing.returncode == 1
+        assert missing.stderr.decode() == (
+            f"navistore: not found: no key {key!r}, but keys live under it: {said}\n"
+        )
+    alone = nav("get", "my cfg/db/host/more")
+    assert (alone.returncode, alone.stderr) == (
+        1,
+        b"navistore: not found: no key 'my cfg/db/host/more'\n",
+    )
+    assert nav("get", "my cfg/db/host").stdout == b"h"  # nothing was deleted
+
+
 def test_options_may_come_between_the_key_and_the_value(nav):
     # argparse took KEY and an empty VALUE together at the first option, then refused VALUE
     assert nav("put", "k", "--ttl", "3600", "v").returncode == 0
