@@ -1,7 +1,8 @@
 """The client commands of ``navistore``: get, put, delete, ls, watch, dump, load.
 
 They talk to a server over HTTP (``--url`` or ``NAVISTORE_URL``; ``--token`` or
-``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte, ``put``
+``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte (on a
+terminal, a value that does not end its line is followed by a newline), ``put``
 reads stdin when no value is given, and the exit status says what happened: 0 done, 1 not found,
 2 usage, 3 precondition failed, 4 any other error (the server unreachable, say), and 141 (as
 for SIGPIPE), quietly, when whoever reads the output stops reading (``navistore ls | head``).
@@ -71,6 +72,8 @@ def cmd_get(args: argparse.Namespace) -> int:
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     try:
         out.write(entry.value)
+        if not args.output and entry.value[-1:] not in (b"", b"\n") and sys.stdout.isatty():
+            out.write(b"\n")  # on a terminal, so that the prompt starts a line of its own
         out.flush()
     finally:
         if args.output:

@@ -7,6 +7,7 @@ import datetime
 import io
 import json
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -107,6 +108,47 @@ def test_a_missing_key_with_keys_under_it_says_how_to_reach_them(nav):
         b"navistore: not found: no key 'my cfg/db/host/more'\n",
     )
     assert nav("get", "my cfg/db/host").stdout == b"h"  # nothing was deleted
+
+
+def test_get_on_a_terminal_ends_the_line_the_value_leaves_open(server, tmp_path):
+    # Byte for byte into a pipe or a file; on a terminal, the prompt must not follow the value
+    # on its line.
+    with Client(server.url) as client:
+        client.put("open", b"no newline")
+        client.put("closed", b"a line\n")
+        client.put("empty", b"")
+
+    def on_a_terminal(key: str) -> bytes:
+        leader, follower = pty.openpty()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "navistore", "get", key],
+                env={**os.environ, "NAVISTORE_URL": server.url},
+                stdout=follower,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            os.close(follower)
+            follower = -1
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # EIO: the terminal's other end is closed and drained
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+
+    assert on_a_terminal("open") == b"no newline\r\n"  # the terminal turns \n into \r\n
+    assert on_a_terminal("closed") == b"a line\r\n"
+    assert on_a_terminal("empty") == b""
 
 
 def test_options_may_come_between_the_key_and_the_value(nav):
