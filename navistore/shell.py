@@ -36,6 +36,19 @@ def _etag(text: str) -> str:
     return f'"{text}"'
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> int:
+    """A ``--ttl`` in seconds, or with a unit as Consul's TTLs take them: 90, 90s, 15m, 2h, 7d."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SECONDS else (text, "s")
+    if not number.isdigit() or not number.isascii():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds, nor one with a unit (90, 90s, 15m, 2h, 7d)"
+        )
+    return int(number) * _SECONDS[unit]
+
+
 def _client(args: argparse.Namespace) -> Client:
     return Client(args.url, token=args.token)
 
@@ -284,7 +297,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     put.add_argument("value", nargs="?", help="the value (default: read stdin)")
     put.add_argument("-f", "--file", help="read the value from this file")
     put.add_argument("-t", "--content-type", help="the value's content type")
-    put.add_argument("--ttl", type=int, help="seconds to live")
+    put.add_argument(
+        "--ttl", type=_seconds, help="time to live: seconds, or with a unit (90s, 15m, 2h, 7d)"
+    )
     put.add_argument(
         "--if-match", metavar="ETAG", type=_etag, help="only over this version (compare-and-set)"
     )

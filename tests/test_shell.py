@@ -250,6 +250,23 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(nav, server, command
     assert stderr == b""
 
 
+@pytest.mark.parametrize(
+    ("ttl", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800)]
+)
+def test_put_takes_a_ttl_in_seconds_or_with_a_unit(nav, server, ttl, seconds):
+    assert nav("put", "brief", "v", "--ttl", ttl).returncode == 0
+    with Client(server.url) as client:
+        (entry,) = client.list("brief")
+    assert seconds - 2 < entry.expires_at - time.time() <= seconds
+
+
+@pytest.mark.parametrize("ttl", ["", "m", "1.5h", "-5", "5y", "1e3", "١"])
+def test_put_refuses_a_ttl_it_cannot_read(nav, ttl):
+    refused = nav("put", "brief", "v", "--ttl", ttl)
+    assert refused.returncode == 2 and b"(90, 90s, 15m, 2h, 7d)" in refused.stderr
+    assert nav("get", "brief").returncode == 1  # nothing written
+
+
 def test_if_match_takes_the_etag_with_or_without_its_quotes(nav):
     # `--if-match "01a2...-node"` in a shell passes the etag without its quotes.
     first = nav("put", "cas", "1").stdout.decode().strip()
