@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from navistore import errors
 from navistore.client import Client, ClientError, Unauthorized, key_path
-from navistore.testing.servers import ServerProcess
+from navistore.testing.servers import ServerProcess, writes_between_pages
 
 
 @pytest.fixture(scope="module")
@@ -187,23 +187,12 @@ def test_a_snapshot_then_a_watch_from_its_index_misses_nothing(client, server):
     keys = [f"s/{i:03d}" for i in range(120)]
     client.batch([{"op": "put", "key": k, "value": b"0"} for k in keys])
 
-    class WritesBetweenPages(Client):
-        """Another client writes once the first page has been read, before the others are."""
+    def write(other: Client) -> None:
+        other.put("s/000", b"changed")  # on the page read already
+        other.delete("s/001")
+        other.put("s/119", b"changed too")  # on a page still to read
 
-        pages = 0
-
-        def request(self, method, path, *args, **kwargs):
-            answer = super().request(method, path, *args, **kwargs)
-            if path == "/v1/keys":
-                self.pages += 1
-                if self.pages == 1:
-                    with Client(server.url) as other:
-                        other.put("s/000", b"changed")  # on the page read already
-                        other.delete("s/001")
-                        other.put("s/119", b"changed too")  # on a page still to read
-            return answer
-
-    with WritesBetweenPages(server.url) as reader:
+    with writes_between_pages(server.url, write) as reader:
         snapshot = reader.snapshot("s/", page_size=50)
     assert reader.pages == 3
     state = {e.key: e.value for e in snapshot.entries}

@@ -17,7 +17,7 @@ import pytest
 from navistore import errors
 from navistore.backup import dump
 from navistore.client import Client, ClientError, Unauthorized
-from navistore.testing.servers import ServerProcess, free_port
+from navistore.testing.servers import ServerProcess, free_port, writes_between_pages
 
 
 @pytest.fixture(scope="module")
@@ -451,21 +451,12 @@ def test_a_dump_keeps_the_index_to_follow_its_source_from(nav, server):
     keys = [f"d/{i:04d}" for i in range(1100)]
     _put_many(server.url, keys, b"0")
 
-    class WritesBetweenPages(Client):
-        pages = 0
-
-        def request(self, method, path, *args, **kwargs):
-            answer = super().request(method, path, *args, **kwargs)
-            if path == "/v1/keys":
-                self.pages += 1
-                if self.pages == 1:
-                    with Client(server.url) as other:
-                        other.put("d/0000", b"changed")  # on the page read already
-                        other.put("d/1099", b"changed too")  # on the page still to read
-            return answer
+    def write(other: Client) -> None:
+        other.put("d/0000", b"changed")  # on the page read already
+        other.put("d/1099", b"changed too")  # on the page still to read
 
     out = io.BytesIO()
-    with WritesBetweenPages(server.url) as reader:
+    with writes_between_pages(server.url, write) as reader:
         assert dump(reader, out, "d/") == 1100
     assert reader.pages == 2
     header, *lines = (json.loads(line) for line in out.getvalue().splitlines())

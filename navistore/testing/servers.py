@@ -194,6 +194,27 @@ def increment(url: str, key: str, times: int) -> None:
             done += 1
 
 
+def writes_between_pages(url: str, write: Callable[[Any], None]) -> Any:
+    """A ``navistore.client.Client`` for ``url`` that, once it has read its first page of
+    ``GET /v1/keys`` and before it reads on, lets ``write`` change the store through another
+    client: what a reader of several pages must not lose. ``pages`` counts the pages read."""
+    from navistore.client import Client
+
+    class WritesBetweenPages(Client):
+        pages = 0
+
+        def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            answer = super().request(method, path, *args, **kwargs)
+            if path == "/v1/keys":
+                self.pages += 1
+                if self.pages == 1:
+                    with Client(url) as other:
+                        write(other)
+            return answer
+
+    return WritesBetweenPages(url)
+
+
 class WriteLoad:
     """Writer threads that PUT new keys (``PREFIX<thread>/<n>``) until stopped, and remember every
     write the server acknowledged (201) in ``acked``. A write that failed (the server died, say)
