@@ -461,6 +461,14 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
 
+    def replication_status(self) -> dict[str, Any] | None:
+        """``GET /v1/replication/status``: each peer's cursor, lag and last error; None when the
+        server runs no replicator."""
+        try:
+            return self._json("GET", "/v1/replication/status")
+        except errors.KeyNotFound:  # no such route
+            return None
+
     def health(self) -> bool:
         try:
             return self._json("GET", "/healthz").get("status") == "ok"

@@ -1,4 +1,4 @@
-"""The client commands of ``navistore``: get, put, delete, ls, watch, dump, load.
+"""The client commands of ``navistore``: get, put, delete, ls, watch, status, dump, load.
 
 They talk to a server over HTTP (``--url`` or ``NAVISTORE_URL``; ``--token`` or
 ``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte (on a
@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 from navistore import errors
@@ -217,6 +218,38 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ago(moment: float | None) -> str:
+    return "never" if moment is None else f"{max(0.0, time.time() - moment):.1f} s ago"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The node and its peers at a glance (etcdctl endpoint status, consul members); exit 0
+    when the server answers and its store does, 4 otherwise: usable as a health check."""
+    with _client(args) as client:
+        status = client.status()
+        healthy = client.health()
+        replication = client.replication_status()
+    print(f"{args.url}: {'healthy' if healthy else 'UNHEALTHY: the store does not answer'}")
+    print(f"node        {status['node_id']} (navistore {status['version']})")
+    print(f"store       {status['backend']}, id {status['store_id']}")
+    print(f"last seq    {status['last_seq']}")
+    print(f"replicator  {status['replicator'] or 'none'}")
+    for peer in (replication or {}).get("peers", []):
+        lag = peer["lag_seconds"]
+        count = peer["lag_records"]
+        behind = f"{count} change{'' if count == 1 else 's'} behind"
+        if count and lag is not None:
+            behind += f" (the oldest {lag:.1f} s old)"
+        line = (
+            f"peer        {peer['url']} (node {peer['node_id'] or 'not yet known'}): {behind}; "
+            f"last success {_ago(peer['last_success'])}"
+        )
+        if peer["last_error"]:
+            line += f"; last error: {peer['last_error']}"
+        print(line)
+    return EXIT_OK if healthy else EXIT_ERROR
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.output in (None, "-"):
@@ -331,6 +364,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     watch.set_defaults(func=cmd_watch)
 
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="the node, its store and its peers' lag (exit 4: unhealthy)",
+    )
+    status.set_defaults(func=cmd_status)
+
     dump_ = commands.add_parser("dump", parents=[common], help="back up keys as JSON Lines")
     dump_.add_argument("-o", "--output", help="file to write (default: stdout)")
     dump_.add_argument("--prefix", default="", help="only keys under this prefix")
@@ -341,5 +381,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     load_.add_argument("--restart", action="store_true", help="ignore FILE.progress; start over")
     load_.set_defaults(func=cmd_load)
 
-    for parser in (get, put, delete, ls, watch, dump_, load_):
+    for parser in (get, put, delete, ls, watch, status, dump_, load_):
         parser.set_defaults(client_command=True)

@@ -8,16 +8,23 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 
+import navistore
 from navistore import errors
 from navistore.backup import dump
 from navistore.client import Client, ClientError, Unauthorized
-from navistore.testing.servers import ServerProcess, free_port, writes_between_pages
+from navistore.testing.servers import (
+    ServerProcess,
+    free_port,
+    wait_until,
+    writes_between_pages,
+)
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +396,49 @@ def test_watch_prints_values_when_asked(nav, server):
         ("w/1", "AGE=", "text/plain"),
         ("w/2", None, None),
     ]
+
+
+def test_status_shows_the_node_and_how_far_behind_each_peer_is(serve, tmp_path):
+    def status(url: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "navistore", "status", "--url", url],
+            capture_output=True,
+            timeout=60,
+        )
+
+    second = serve("--store", "sqlite:///second.db", "--node-id", "second")
+    first = serve("--store", "sqlite:///first.db", "--node-id", "first", "--peer", second.url)
+    with Client(first.url) as client:
+        client.put("k", b"1")
+        wait_until(lambda: client.replication_status()["peers"][0]["lag_records"] == 0, 30)
+        last_seq = client.status()["last_seq"]
+    shown = status(first.url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.decode().splitlines()
+    assert lines[:5] == [
+        f"{first.url}: healthy",
+        f"node        first (navistore {navistore.__version__})",
+        lines[2],
+        f"last seq    {last_seq}",
+        "replicator  peer-push",
+    ]
+    assert lines[2].startswith("store       sqlite, id ")
+    assert re.fullmatch(
+        rf"peer        {second.url} \(node second\): 0 changes behind; last success [\d.]+ s ago",
+        lines[5],
+    )
+    second.stop()
+    with Client(first.url) as client:
+        client.put("k", b"2")
+        wait_until(lambda: client.replication_status()["peers"][0]["last_error"], 30)
+    behind = status(first.url).stdout.decode().splitlines()[5]
+    assert "(node second): 1 change behind (the oldest " in behind
+    assert f"; last error: cannot reach {second.url}" in behind
+    # A server without a replicator has no peers to show; one that does not answer fails.
+    alone = status(serve("--store", "sqlite:///alone.db").url)
+    assert alone.returncode == 0 and alone.stdout.decode().splitlines()[-1] == "replicator  none"
+    down = status(second.url)
+    assert down.returncode == 4 and b"cannot reach" in down.stderr
 
 
 def test_dump_and_load_10000_keys(serve, tmp_path):
