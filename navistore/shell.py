@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from navistore import errors
 from navistore.backup import dump, load
-from navistore.client import DEFAULT_URL, Client, ClientError, Unauthorized
+from navistore.client import DEFAULT_URL, Client, ClientError, Listed, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command killed by SIGPIPE
@@ -153,10 +153,24 @@ def _utc(seconds: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _listed(entry: Listed) -> dict:
+    """A listing entry as ``ls --json`` prints it: the REST API's fields."""
+    return {
+        "key": entry.key,
+        "etag": entry.etag,
+        "size": entry.size,
+        "content_type": entry.content_type,
+        "expires_at": entry.expires_at,
+    }
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for entry in client.list(args.prefix, separator=args.separator):
-            if args.long and not entry.is_prefix:
+            if args.json:
+                line = {"prefix": entry.key} if entry.is_prefix else _listed(entry)
+                print(json.dumps(line, ensure_ascii=False))
+            elif args.long and not entry.is_prefix:
                 expires = "-" if entry.expires_at is None else _utc(entry.expires_at)
                 columns = f"{entry.size:>10} {entry.content_type:<28} {expires:>20} {entry.etag}"
                 print(f"{columns} {entry.key}")
@@ -348,8 +362,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     ls = commands.add_parser("ls", parents=[common], help="list keys in key order")
     ls.add_argument("prefix", nargs="?", default="")
     ls.add_argument("-s", "--separator", help="one level: fold keys below the next separator")
-    ls.add_argument(
+    shown = ls.add_mutually_exclusive_group()
+    shown.add_argument(
         "-l", "--long", action="store_true", help="size, content type, expiry (UTC), etag"
+    )
+    shown.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON line per key (key, etag, size, content_type, expires_at; prefix when folded)",
     )
     ls.set_defaults(func=cmd_ls)
 

@@ -257,6 +257,31 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(nav, server, command
     assert stderr == b""
 
 
+def test_ls_json_gives_scripts_every_field_a_line_a_key(nav, server):
+    # ls -l lines up for eyes, and a content type may hold spaces; scripts take JSON lines.
+    nav("put", "j/a", "v", "-t", "text/plain; charset=utf-8")
+    nav("put", "j/sub/b", "vv", "--ttl", "3600")
+    lines = [json.loads(line) for line in nav("ls", "j/", "--json").stdout.splitlines()]
+    with Client(server.url) as client:
+        listed = {entry.key: entry for entry in client.list("j/")}
+    assert [line["key"] for line in lines] == ["j/a", "j/sub/b"]
+    for line in lines:
+        entry = listed[line["key"]]
+        assert line == {
+            "key": entry.key,
+            "etag": entry.etag,
+            "size": entry.size,
+            "content_type": entry.content_type,
+            "expires_at": entry.expires_at,
+        }
+    assert lines[0]["content_type"] == "text/plain; charset=utf-8" and lines[1]["size"] == 2
+    assert lines[1]["expires_at"] > time.time() + 3590
+    folded = nav("ls", "j/", "-s", "/", "--json").stdout.splitlines()
+    assert [json.loads(line) for line in folded] == [lines[0], {"prefix": "j/sub/"}]
+    both = nav("ls", "-l", "--json")
+    assert both.returncode == 2 and b"not allowed with argument" in both.stderr
+
+
 @pytest.mark.parametrize(
     ("ttl", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("7d", 604800)]
 )
