@@ -106,6 +106,8 @@ def cmd_put(args: argparse.Namespace) -> int:
         with open(args.file, "rb") as handle:
             value = handle.read()
     else:
+        if sys.stdin.isatty():  # else the command seems to hang
+            print("navistore: reading the value from the terminal; Ctrl-D ends it", file=sys.stderr)
         value = sys.stdin.buffer.read()
     with _client(args) as client:
         written = client.put(

@@ -158,6 +158,29 @@ def test_get_on_a_terminal_ends_the_line_the_value_leaves_open(server, tmp_path)
     assert on_a_terminal("empty") == b""
 
 
+def test_put_says_it_reads_the_value_from_a_terminal(server):
+    # `navistore put k` typed alone waits for stdin; on a terminal it says so, and how to end.
+    leader, follower = pty.openpty()
+    try:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "navistore", "put", "typed"],
+            env={**os.environ, "NAVISTORE_URL": server.url},
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        os.write(leader, b"typed in\n\x04")  # a line, then Ctrl-D at the start of the next
+        out, err = writer.communicate(timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert writer.returncode == 0, err
+    assert err == b"navistore: reading the value from the terminal; Ctrl-D ends it\n"
+    with Client(server.url) as client:
+        assert client.get("typed").value == b"typed in\n"
+        assert out.decode().strip() == client.get("typed").etag
+
+
 def test_options_may_come_between_the_key_and_the_value(nav):
     # argparse took KEY and an empty VALUE together at the first option, then refused VALUE
     assert nav("put", "k", "--ttl", "3600", "v").returncode == 0
