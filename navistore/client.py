@@ -425,6 +425,24 @@ class Client:
         error is raised instead. Any other error (401, 400, 410), and any error before the server
         first answered (a wrong URL, say), is raised at once.
         """
+        pages = self._watch_pages(
+            prefix, key, since, wait, values, reconnect, on_retry, on_reconnect
+        )
+        for changes in pages:
+            yield from changes
+
+    def _watch_pages(
+        self,
+        prefix: str,
+        key: str | None,
+        since: int | None,
+        wait: int,
+        values: bool,
+        reconnect: bool,
+        on_retry: Callable[[errors.NavistoreError, float], None] | None,
+        on_reconnect: Callable[[int], None] | None,
+    ) -> Iterator[list[Change]]:
+        """``watch``, a non-empty answer of the server at a time."""
         reached = since is None  # then the status read below must answer first
         if since is None:
             since = self.status()["last_seq"]
@@ -451,10 +469,60 @@ class Client:
             if delay > WATCH_RETRY_FIRST and on_reconnect is not None:  # it had tried again
                 on_reconnect(since)
             reached, delay = True, WATCH_RETRY_FIRST
-            yield from changes
+            if changes:
+                yield changes
             # Nothing matched up to last_seq (read before the feed): go on from there. That is
             # also where to go on from when the store was reset below our position.
             since = changes[-1].seq if changes else last_seq
+
+    def follow(
+        self,
+        prefix: str = "",
+        wait: int = 60,
+        on_retry: Callable[[errors.NavistoreError, float], None] | None = None,
+        on_reconnect: Callable[[int], None] | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[dict[str, Entry]]:
+        """Every key under ``prefix`` with its value, ``{key: Entry}``: first as it is now, then
+        again each time it changes, forever, as Consul's ``watch -type keyprefix`` gives it; what
+        a service that takes its configuration from the store loops on::
+
+            for config in store.follow("app/"):
+                apply({key: entry.value for key, entry in config.items()})
+
+        Changes that arrive in one answer of the server come in one dict, and an answer that
+        changes nothing (a change the first read had already seen) yields none. It reads a
+        ``snapshot`` and watches from its index, so it misses nothing; when the feed no longer
+        reaches back that far (the server purged the tombstones, ``ChangesGone``), it reads the
+        snapshot again. Across a server restart it goes on as ``watch`` does. Each dict is new:
+        keep the last one as long as you like."""
+        while True:
+            snapshot = self.snapshot(prefix, page_size)
+            state = {entry.key: entry for entry in snapshot.entries}
+            yield dict(state)
+            pages = self._watch_pages(
+                prefix, None, snapshot.index, wait, True, True, on_retry, on_reconnect
+            )
+            try:
+                for changes in pages:
+                    changed = False
+                    for change in changes:
+                        held = state.get(change.key)
+                        if change.deleted:
+                            changed |= state.pop(change.key, None) is not None
+                        elif held is None or held.etag != change.etag:
+                            state[change.key] = Entry(
+                                change.key,
+                                change.value or b"",
+                                change.content_type or "",
+                                change.etag,
+                                change.expires_at,
+                            )
+                            changed = True
+                    if changed:
+                        yield dict(state)
+            except errors.ChangesGone:
+                continue  # read it all again
 
     # -- the node ---------------------------------------------------------------------------
 

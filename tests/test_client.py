@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from navistore import errors
 from navistore.client import Client, ClientError, Unauthorized, key_path
-from navistore.testing.servers import ServerProcess, writes_between_pages
+from navistore.testing.servers import ServerProcess, wait_until, writes_between_pages
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +207,68 @@ def test_a_snapshot_then_a_watch_from_its_index_misses_nothing(client, server):
             state[change.key] = change.value
     assert state == {e.key: e.value for e in client.get_prefix("s/")}
     assert state["s/000"] == b"changed" and "s/001" not in state
+
+
+def _values(config: dict) -> dict:
+    return {key: entry.value for key, entry in config.items()}
+
+
+def test_follow_gives_the_whole_prefix_now_and_again_after_each_change(client, server):
+    client.batch([{"op": "put", "key": k, "value": v} for k, v in [("f/a", b"1"), ("f/b", b"2")]])
+    client.put("outside", b"x")
+    with Client(server.url) as follower:
+        configs = follower.follow("f/", wait=5)
+        assert _values(next(configs)) == {"f/a": b"1", "f/b": b"2"}
+        written = client.put("f/c", b"3", content_type="text/plain")
+        config = next(configs)
+        assert _values(config) == {"f/a": b"1", "f/b": b"2", "f/c": b"3"}
+        assert (config["f/c"].etag, config["f/c"].content_type) == (written.etag, "text/plain")
+        # Changes that arrive together come in one dict; one outside the prefix changes nothing.
+        client.batch([{"op": "delete", "key": "f/a"}, {"op": "put", "key": "f/b", "value": b"20"}])
+        client.put("outside", b"y")
+        client.put("f/d", b"4")
+        assert _values(next(configs)) == {"f/b": b"20", "f/c": b"3", "f/d": b"4"}
+
+
+def test_follow_yields_nothing_for_a_change_its_first_read_had_seen(client, server):
+    client.batch([{"op": "put", "key": f"o/{i:03d}", "value": b"0"} for i in range(120)])
+
+    def write(other: Client) -> None:
+        other.put("o/119", b"seen")  # on a page still to read: the snapshot has it, and the feed
+
+    later = threading.Timer(1.0, lambda: client.put("o/new", b"new"))
+    with writes_between_pages(server.url, write) as follower:
+        configs = follower.follow("o/", wait=5, page_size=50)
+        first = _values(next(configs))
+        assert first["o/119"] == b"seen" and len(first) == 120
+        later.start()
+        try:
+            # The feed's first answer holds only o/119, which the snapshot had: no dict for it.
+            assert _values(next(configs)) == {**first, "o/new": b"new"}
+        finally:
+            later.join()
+
+
+def test_follow_reads_it_all_again_when_the_feed_no_longer_reaches_back(serve):
+    server = serve("--tombstone-grace", "0", "--purge-interval", "1")
+    with Client(server.url) as client, Client(server.url) as follower:
+        client.put("g/a", b"1")
+        client.put("g/b", b"2")
+        before = client.status()["last_seq"]
+        configs = follower.follow("g/", wait=5)
+        assert _values(next(configs)) == {"g/a": b"1", "g/b": b"2"}
+        client.delete("g/a")
+
+        def purged() -> bool:
+            try:
+                client.changes(before)
+            except errors.ChangesGone:
+                return True
+            return False
+
+        wait_until(purged, 15)
+        client.put("g/c", b"3")
+        assert _values(next(configs)) == {"g/b": b"2", "g/c": b"3"}
 
 
 def test_the_connection_is_reused(client, server):
