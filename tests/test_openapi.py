@@ -33,6 +33,50 @@ def test_every_route_is_described(node):
                 assert operation["responses"], (template, method)
 
 
+def _example(schema: dict) -> str:
+    """A value the schema allows, for a parameter sent alone."""
+    if schema.get("type") == "integer":
+        return str(schema.get("minimum", 1))
+    return "true" if schema.get("type") == "boolean" else "a"
+
+
+def _refusal(answer) -> str:
+    """A 400's description; empty for any other answer."""
+    return (answer.json or {}).get("description", "") if answer.status_code == 400 else ""
+
+
+def test_each_route_takes_the_query_parameters_it_describes_and_refuses_others(node):
+    # The routes list the names they take in their own code; this holds the two lists together.
+    client = falcon.testing.TestClient(create_app(node))
+    document = client.simulate_get("/openapi.json").json
+    refusing = 0
+    for template, item in document["paths"].items():
+        path = template.replace("{key}", "k")
+        for method, operation in item.items():
+            if method == "parameters" or method == "head":  # HEAD: GET's names, and no body
+                continue
+            params = [p for p in operation.get("parameters", []) if p["in"] == "query"]
+            described = sorted(p["name"] for p in params)
+            body = b"v" if method == "put" else None
+            where = f"{method.upper()} {template}"
+            for param in params:
+                sent = {param["name"]: _example(param["schema"])}
+                answer = client.simulate_request(method.upper(), path, params=sent, body=body)
+                said = _refusal(answer)
+                assert "unknown query parameter" not in said, (where, param["name"], said)
+            answer = client.simulate_request(method.upper(), path, query_string="zz=1", body=body)
+            said = _refusal(answer)
+            if "unknown query parameter 'zz'" not in said:
+                # Only a route that writes nothing and takes nothing may ignore a stray name.
+                assert method == "get" and not described, (where, answer.status_code, said)
+                continue
+            refusing += 1
+            takes = said.partition("takes ")[2].split(" (")[0]
+            taken = [] if takes == "no query parameters" else sorted(takes.split(", "))
+            assert taken == described, where
+    assert refusing >= 9
+
+
 def test_schemathesis_finds_no_server_error_and_no_contradiction(serve, tmp_path):
     server = serve("--max-watchers", "4")
     hooks = Path(__file__).parent / "support"

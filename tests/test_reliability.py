@@ -70,6 +70,9 @@ BAD_INPUTS = [
     ("HEAD", "/v1/keys/p?wait=5", None, {}, 400),
     ("GET", "/v1/keys?prefx=p", None, {}, 400),
     ("GET", "/v1/changes?index=1", None, {}, 400),
+    # a batch has no dry run: one asked for writes nothing, rather than everything
+    ("POST", "/v1/batch?dry_run=true", b'{"ops": [{"op": "put", "key": "b"}]}', JSON, 400),
+    ("PUT", "/v1/replication/peers?append=true", b'{"peers": []}', JSON, 400),
     # preconditions
     ("PUT", "/v1/keys/p", b"v", {"If-Match": "not-quoted"}, 400),
     ("PUT", "/v1/keys/p", b"v", {"If-Match": '"open'}, 400),

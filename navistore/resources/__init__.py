@@ -1,6 +1,7 @@
 """The REST resources: parse the request, call the Node, set the response. Nothing else.
 
-``read_json`` is public: plugins that mount routes of their own read JSON bodies with it.
+``read_json`` and ``query`` are public: plugins that mount routes of their own read JSON bodies
+and query strings with them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ import json
 
 import falcon
 
+from navistore import _http
 from navistore.errors import InvalidRequest, ValueTooLarge
+
+
+def query(req: falcon.Request, known: tuple[str, ...] = ()) -> dict[str, str]:
+    """The request's query parameters, each decoded strictly and given once; 400 for a name not
+    in ``known``, naming it and the ones the route takes. A route that writes should refuse what
+    it does not take: ``POST /v1/batch?dry_run=true`` would otherwise write."""
+    return _http.query(req.env, known)
 
 
 def read_json(req: falcon.Request, limit: int) -> object:

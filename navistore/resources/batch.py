@@ -7,7 +7,7 @@ import falcon
 from navistore.errors import InvalidRequest
 from navistore.limits import MAX_BATCH_BYTES
 from navistore.node import Node
-from navistore.resources import read_json
+from navistore.resources import query, read_json
 
 
 class BatchResource:
@@ -15,6 +15,7 @@ class BatchResource:
         self.node = node
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query(req)
         body = read_json(req, MAX_BATCH_BYTES)
         if not isinstance(body, dict) or set(body) != {"ops"}:
             raise InvalidRequest('the body must be {"ops": [...]}')

@@ -10,7 +10,7 @@ from navistore import __version__
 from navistore.errors import InvalidRequest
 from navistore.node import largest_request
 from navistore.openapi import errors
-from navistore.resources import read_json
+from navistore.resources import query, read_json
 from navistore_peer_push import wire
 from navistore_peer_push.pusher import Options
 
@@ -78,6 +78,7 @@ class RecordsResource:
         self.max_skew = max_skew
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query(req)
         body = read_json(req, largest_request(self.node.settings))
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise InvalidRequest('the body must be {"source", "target_store_id", "records": [...]}')
@@ -167,6 +168,7 @@ class PeersResource:
         self._answer(resp)
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query(req)
         body = read_json(req, 1024 * 1024)
         peers = body.get("peers") if isinstance(body, dict) else None
         if not isinstance(peers, list) or not all(isinstance(p, str) for p in peers):
