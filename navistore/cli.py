@@ -126,14 +126,26 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     argparse takes a command's positionals in one go where it meets the first: so
     ``navistore put KEY --ttl 60 VALUE`` read KEY and no value, then refused VALUE. When the first
     parse leaves arguments over, the command's own parser reads its arguments again, options
-    first, then positionals (``parse_intermixed_args``), and reports what is still wrong."""
+    first, then positionals (``parse_intermixed_args``), and reports what is still wrong.
+
+    In ``navistore watch PREFIX -- COMMAND ARG...``, what follows ``--`` is the command to run on
+    each change (``args.run``); it is kept from argparse, which would read its first word as the
+    prefix when none is given."""
+    run: list[str] = []
+    if argv[:1] == ["watch"] and "--" in argv:  # navistore watch PREFIX -- COMMAND ARG...
+        cut = argv.index("--")
+        argv, run = argv[:cut], argv[cut + 1 :]
+        if not run:
+            parser.error("watch: give the command to run after --")
     args, extra = parser.parse_known_args(argv)
-    if not extra:
-        return args
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    command = commands.choices[args.command]
-    rest = argv[argv.index(args.command) + 1 :]
-    return command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+    if extra:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = commands.choices[args.command]
+        rest = argv[argv.index(args.command) + 1 :]
+        args = command.parse_intermixed_args(rest, argparse.Namespace(command=args.command))
+    if run:
+        args.run = run
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,14 +16,16 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 from navistore import errors
 from navistore.backup import dump, load
-from navistore.client import DEFAULT_URL, Client, ClientError, Listed, Unauthorized
+from navistore.client import DEFAULT_URL, Change, Client, ClientError, Listed, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command killed by SIGPIPE
@@ -199,39 +201,79 @@ def _reconnected(url: str) -> Callable[[int], None]:
     return say
 
 
+def _change_line(change: Change, values: bool) -> str:
+    """A change as ``navistore watch`` prints it: a JSON line."""
+    line = {"seq": change.seq, "key": change.key, "etag": change.etag, "deleted": change.deleted}
+    if values:
+        value = change.value
+        line["value"] = None if value is None else base64.b64encode(value).decode()
+        line["content_type"] = change.content_type
+    return json.dumps(line, ensure_ascii=False)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
+    """Print each change as a JSON line; or, given a command after ``--``, run it for each answer
+    that brings changes (as ``etcdctl watch KEY -- COMMAND`` and Consul's watch handlers do)."""
     if args.key is not None and args.prefix:
         raise errors.InvalidRequest("watch a PREFIX or one --key, not both")
+    if args.run and shutil.which(args.run[0]) is None:
+        raise errors.InvalidRequest(f"watch: no command {args.run[0]!r} to run")
     seen = 0
     with _client(args) as client:
         try:
-            changes = client.watch(
+            answers = client._watch_pages(
                 args.prefix,
-                key=args.key,
-                since=args.since,
-                wait=args.wait,
-                values=args.values,
-                on_retry=_retrying,
-                on_reconnect=_reconnected(args.url),
+                args.key,
+                args.since,
+                args.wait,
+                args.values,
+                True,
+                _retrying,
+                _reconnected(args.url),
             )
-            for change in changes:
-                line = {
-                    "seq": change.seq,
-                    "key": change.key,
-                    "etag": change.etag,
-                    "deleted": change.deleted,
-                }
-                if args.values:
-                    value = change.value
-                    line["value"] = None if value is None else base64.b64encode(value).decode()
-                    line["content_type"] = change.content_type
-                print(json.dumps(line, ensure_ascii=False), flush=True)
-                seen += 1
+            for changes in answers:
+                if args.count:
+                    changes = changes[: args.count - seen]
+                if args.run:
+                    _run_on(args, changes)
+                else:
+                    for change in changes:
+                        print(_change_line(change, args.values), flush=True)
+                seen += len(changes)
                 if args.count and seen >= args.count:
                     break
         except KeyboardInterrupt:
             pass
     return EXIT_OK
+
+
+def _run_on(args: argparse.Namespace, changes: list[Change]) -> None:
+    """Run the watch's command once for ``changes`` (what one answer brought: a burst of writes
+    is one run, and what commits while it runs comes in the next), with their JSON lines on its
+    stdin. It finds the server in ``NAVISTORE_URL`` (and the token), so ``navistore get`` in it
+    reads from the server watched. A command that fails is said on stderr; the watch goes on."""
+    env = {
+        **os.environ,
+        "NAVISTORE_URL": args.url,
+        "NAVISTORE_WATCH_SEQ": str(changes[-1].seq),
+        "NAVISTORE_WATCH_COUNT": str(len(changes)),
+    }
+    if args.token:
+        env["NAVISTORE_TOKEN"] = args.token
+    lines = "".join(_change_line(change, args.values) + "\n" for change in changes)
+    done = subprocess.run(args.run, input=lines.encode(), env=env, check=False)
+    if done.returncode:
+        how = (
+            f"was killed by signal {-done.returncode}"
+            if done.returncode < 0
+            else f"exited with status {done.returncode}"
+        )
+        print(
+            f"navistore: watch: {shlex.join(args.run)} {how} (changes up to seq "
+            f"{changes[-1].seq}); watching on",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _ago(moment: float | None) -> str:
@@ -375,8 +417,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     ls.set_defaults(func=cmd_ls)
 
-    watch = commands.add_parser("watch", parents=[common], help="print changes as they commit")
-    watch.add_argument("prefix", nargs="?", default="")
+    watch = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="print changes as they commit (or run a command on them)",
+        usage="navistore watch [options] [PREFIX] [-- COMMAND [ARG ...]]",
+        epilog="With -- COMMAND, runs COMMAND once for each batch of changes that arrive "
+        "together instead of printing them: their JSON lines on its stdin; NAVISTORE_URL, "
+        "NAVISTORE_WATCH_SEQ (the last change's seq) and NAVISTORE_WATCH_COUNT in its "
+        "environment. Changes that commit while it runs come in the next run. A command that "
+        "fails is reported on stderr, and the watch goes on.",
+    )
+    watch.add_argument("prefix", nargs="?", default="", metavar="PREFIX", help="only keys under it")
     watch.add_argument("--key", help="watch one exact key")
     watch.add_argument("--since", type=int, help="start after this seq (default: now)")
     watch.add_argument("--wait", type=int, default=60, help="seconds per long poll (default 60)")
@@ -384,7 +436,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     watch.add_argument(
         "--values", action="store_true", help="with each change, the value (base64) it wrote"
     )
-    watch.set_defaults(func=cmd_watch)
+    watch.set_defaults(func=cmd_watch, run=[])
 
     status = commands.add_parser(
         "status",

@@ -358,6 +358,69 @@ def test_watch_prints_json_lines(nav, server):
     assert watcher.returncode == 0
 
 
+# Records each run: its environment and the lines on its stdin; the first run is slow and fails.
+_HANDLER = """
+import json, os, sys, time
+runs = sys.argv[1]
+first = not os.path.exists(runs)
+with open(runs, "a") as out:
+    names = ("NAVISTORE_URL", "NAVISTORE_WATCH_SEQ", "NAVISTORE_WATCH_COUNT")
+    lines = [json.loads(line) for line in sys.stdin]
+    out.write(json.dumps({"env": [os.environ.get(n) for n in names], "lines": lines}) + "\\n")
+if first:
+    time.sleep(1.5)
+    sys.exit(7)
+"""
+
+
+def test_watch_runs_a_command_for_each_batch_of_changes(nav, server, tmp_path):
+    # etcdctl watch KEY -- COMMAND, Consul's watch handlers: reload a service when its keys change
+    runs = tmp_path / "runs.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "NAVISTORE_URL"}  # --url is passed on
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "navistore", "watch", "--url", server.url, "w/", "-n", "3"]
+        + ["--", sys.executable, "-c", _HANDLER, str(runs)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1.0)
+        client = Client(server.url)
+        first = client.put("w/1", b"a")
+        deadline = time.monotonic() + 20
+        while not runs.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # while the first run works, more commit (and one elsewhere): one run for them all (the feed
+        # keeps a key's newest change only: w/2's deletion)
+        client.put("w/2", b"b")
+        client.put("x/1", b"c")
+        client.put("w/3", b"d")
+        client.delete("w/2")
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    got = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert [[(c["key"], c["deleted"]) for c in run["lines"]] for run in got] == [
+        [("w/1", False)],
+        [("w/3", False), ("w/2", True)],
+    ]
+    assert got[0]["lines"][0]["etag"] == first.etag
+    seq = got[0]["lines"][0]["seq"]
+    assert got[0]["env"] == [server.url, str(seq), "1"]
+    assert got[1]["env"] == [server.url, str(got[1]["lines"][-1]["seq"]), "2"]
+    assert out == b"" and watcher.returncode == 0
+    assert f"exited with status 7 (changes up to seq {seq}); watching on".encode() in err
+
+
+def test_watch_refuses_a_command_it_cannot_run(nav):
+    missing = nav("watch", "w/", "--", "no-such-command-here", "arg")
+    assert missing.returncode == 2 and b"no command 'no-such-command-here' to run" in missing.stderr
+    nothing = nav("watch", "w/", "--")
+    assert nothing.returncode == 2 and b"give the command to run after --" in nothing.stderr
+
+
 def test_watch_goes_on_across_a_server_restart(tmp_path):
     # as etcdctl watch and consul watch do: a restart is not the end of a watch
     server = ServerProcess(["--port", str(free_port())], tmp_path)
