@@ -6,6 +6,7 @@ The behaviour every backend shares is proven by the conformance suite; these are
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -543,6 +544,65 @@ def test_no_value_kept_apart_outlives_its_row(tmp_path):
         assert store.purge(10.0**10 + 1, 0, stamp(0)) == 1  # expired: a tombstone, no value
         assert blobs_match_rows() == 1
         assert store.get("k").value == big
+    finally:
+        store.close()
+
+
+def _pages(path) -> tuple[int, int]:
+    """(pages in the database, of which free), as another connection sees them."""
+    conn = sqlite3.connect(path)
+    try:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    finally:
+        conn.close()
+    return pages, free
+
+
+def _fill_and_empty(store: SqliteStore) -> tuple[int, int]:
+    """Write 60 values of 100 KB and one small, delete the 60 and purge every tombstone; the
+    database's pages when full."""
+    big = b"v" * 100_000
+    for n in range(60):
+        store.commit(Record(f"big/{n}", big, stamp=stamp(n)), ANY)
+    store.commit(Record("keep", b"kept", stamp=stamp(100)), ANY)
+    full = _pages(store.path)
+    for n in range(60):
+        store.commit(Record(f"big/{n}", deleted=True, stamp=stamp(200 + n)), ANY)
+    assert store.purge(time.time(), store.last_seq(), stamp(10**6)) == 60
+    return full
+
+
+def test_a_purge_gives_the_space_deleted_values_held_back_to_the_file_system(tmp_path):
+    # etcd keeps the most it ever held until `etcdctl defrag`; sqlite reuses free pages, but
+    # without auto_vacuum the file never shrinks.
+    path = str(tmp_path / "shrink.db")
+    store = SqliteStore(path)
+    try:
+        full = _fill_and_empty(store)
+        assert full[0] > 1400 and full[1] == 0  # 6 MB of 4 KiB pages
+        pages, free = _pages(path)
+        assert pages < full[0] / 20 and free <= 256
+        assert store.get("keep").value == b"kept"
+        store.commit(Record("big/0", b"w" * 100_000, stamp=stamp(500)), ANY)  # room again
+        assert store.get("big/0").value == b"w" * 100_000
+    finally:
+        store.close()
+    assert os.path.getsize(path) < 60 * 100_000 / 10  # the file too, once checkpointed
+
+
+def test_a_database_made_without_auto_vacuum_keeps_its_pages_free_for_reuse(tmp_path):
+    # auto_vacuum takes effect only before the first table: such a file stays as large
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.close()
+    store = SqliteStore(path)
+    try:
+        full = _fill_and_empty(store)
+        pages, free = _pages(path)
+        assert pages == full[0] and free > full[0] * 0.9
+        assert store.get("keep").value == b"kept"
     finally:
         store.close()
 
