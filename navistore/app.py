@@ -71,12 +71,17 @@ class TokenAuth:
     """Require ``Authorization: Bearer <token>`` on ``/v1``, compared in constant time.
 
     A resource whose ``navistore_auth`` attribute is ``"peer"`` (the replication endpoints) takes
-    the peer token instead, or the client token when no peer token is set.
+    the peer token instead, or the client token when no peer token is set. The read token, when
+    set, passes GET and HEAD on the others, and gets 403 on anything else (as a Consul ACL token
+    with read on the keys, or an etcd user with a read-only role).
     """
 
-    def __init__(self, token: str | None, peer_token: str | None = None) -> None:
+    def __init__(
+        self, token: str | None, peer_token: str | None = None, read_token: str | None = None
+    ) -> None:
         self._client = token.encode() if token else None
         self._peer = peer_token.encode() if peer_token else self._client
+        self._reader = read_token.encode() if read_token else None
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict
@@ -89,13 +94,24 @@ class TokenAuth:
             return
         scheme, _, credential = (req.get_header("Authorization") or "").partition(" ")
         given = credential.strip().encode("utf-8", "replace")
-        if not (hmac.compare_digest(given, expected) and scheme.lower() == "bearer"):
-            which = "the peer token" if peer else "the token"
-            raise falcon.HTTPUnauthorized(
-                title="Unauthorized",
-                description=f"{req.path} needs 'Authorization: Bearer <token>' with {which}",
-                challenges=['Bearer realm="navistore"'],
+        bearer = scheme.lower() == "bearer"
+        if bearer and hmac.compare_digest(given, expected):
+            return
+        reader = self._reader is not None and not peer and bearer
+        if reader and hmac.compare_digest(given, self._reader):
+            if req.method in ("GET", "HEAD"):
+                return
+            raise falcon.HTTPForbidden(
+                title="Forbidden",
+                description=f"the read token may read (GET, HEAD), not {req.method} "
+                f"{req.path}; writing needs the token",
             )
+        which = "the peer token" if peer else "the token"
+        raise falcon.HTTPUnauthorized(
+            title="Unauthorized",
+            description=f"{req.path} needs 'Authorization: Bearer <token>' with {which}",
+            challenges=['Bearer realm="navistore"'],
+        )
 
 
 def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
@@ -123,7 +139,8 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
             AccessLog(AccessLogWriter(json_format=node.settings.log_format == "json"))
         )
     if node.settings.token or node.settings.peer_token:
-        middleware.insert(1, TokenAuth(node.settings.token, node.settings.peer_token))
+        auth = TokenAuth(node.settings.token, node.settings.peer_token, node.settings.read_token)
+        middleware.insert(1, auth)
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     # Compact JSON, and no cycle check (bodies are built here, from plain data): a listing page

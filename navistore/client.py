@@ -14,7 +14,8 @@
 Each thread reuses one keep-alive connection. Errors are the classes of ``navistore.errors``:
 ``KeyNotFound`` (404), ``PreconditionFailed`` (412), ``InvalidRequest`` (400), ``ValueTooLarge``
 (413), ``ChangesGone`` (410), ``TooManyWatchers`` (429), ``StoreBusy`` (503), ``StoreFull`` (507),
-``Unauthorized`` (401), and ``ClientError`` for anything else (including an unreachable server).
+``Unauthorized`` (401), ``Forbidden`` (403: a read-only token used to write), and
+``ClientError`` for anything else (including an unreachable server).
 """
 
 from __future__ import annotations
@@ -32,7 +33,16 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from navistore import errors
 
-__all__ = ["Change", "Client", "ClientError", "Entry", "Listed", "Unauthorized", "Written"]
+__all__ = [
+    "Change",
+    "Client",
+    "ClientError",
+    "Entry",
+    "Forbidden",
+    "Listed",
+    "Unauthorized",
+    "Written",
+]
 
 #: A watch that lost its server tries again this long after, then twice as long each time, up to
 #: ``WATCH_RETRY_MAX`` (the backoff peer-push replication uses for a peer that is down).
@@ -56,9 +66,16 @@ class Unauthorized(ClientError):
     title = "Unauthorized"
 
 
+class Forbidden(ClientError):
+    """The token given may not do this: the server's read token, used to write."""
+
+    title = "Forbidden"
+
+
 _ERRORS: dict[int, type[errors.NavistoreError]] = {
     400: errors.InvalidRequest,
     401: Unauthorized,
+    403: Forbidden,
     404: errors.KeyNotFound,
     410: errors.ChangesGone,
     412: errors.PreconditionFailed,
@@ -242,7 +259,10 @@ class Client:
         kind = _ERRORS.get(status)
         if kind is None:
             return ClientError(f"{status}: {description}", status=status)
-        error = kind(description, index=index) if kind is not Unauthorized else kind(description)
+        if issubclass(kind, ClientError):
+            error = kind(description, status=status)
+        else:
+            error = kind(description, index=index)
         if "retry-after" in headers and headers["retry-after"].isdigit():
             error.retry_after = int(headers["retry-after"])
         return error

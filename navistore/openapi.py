@@ -37,6 +37,7 @@ def errors(*codes: int) -> dict[str, Any]:
             "parameter the route does not list is refused)"
         ),
         401: "A token is configured and the request did not carry it",
+        403: "The request carried the read token, which may only read (GET, HEAD)",
         404: "No such key (absent, deleted or expired), or no such route",
         405: "The route has no such method",
         410: "The change feed no longer reaches back to since: resync from a listing",
@@ -51,6 +52,7 @@ def errors(*codes: int) -> dict[str, Any]:
 
 
 _COMMON = (400, 401, 405, 503, 507)
+_WRITES = (403, *_COMMON)  # what writes answer besides: the read token may not
 _ETAG = {"description": "The version: the quoted stamp", "schema": {"type": "string"}}
 _INDEX = {"description": "The store's newest seq", "schema": {"type": "integer"}}
 _KEY = {
@@ -281,13 +283,13 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Written"), "Replaced", {"ETag": _ETAG}),
                 "201": _json(_ref("Written"), "Created", {"ETag": _ETAG}),
-                **errors(412, 413, *_COMMON),
+                **errors(412, 413, *_WRITES),
             },
         },
         "delete": {
             "summary": "Delete a key (a tombstone, which replicates)",
             "parameters": [_header("If-Match", "an etag (or list) or *: delete only that version")],
-            "responses": {"200": _json(_ref("Deleted"), "Deleted"), **errors(404, 412, *_COMMON)},
+            "responses": {"200": _json(_ref("Deleted"), "Deleted"), **errors(404, 412, *_WRITES)},
         },
     },
     "/v1/keys": {
@@ -333,7 +335,7 @@ _PATHS: dict[str, Any] = {
                     },
                     "How many keys were deleted",
                 ),
-                **errors(*_COMMON),
+                **errors(*_WRITES),
             },
         },
     },
@@ -346,7 +348,7 @@ _PATHS: dict[str, Any] = {
             },
             "responses": {
                 "200": _json(_ref("BatchResult"), "Every operation committed"),
-                **errors(412, 413, 415, *_COMMON),
+                **errors(412, 413, 415, *_WRITES),
             },
         }
     },

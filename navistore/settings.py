@@ -154,6 +154,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("token", _token, None, "require 'Authorization: Bearer TOKEN' on every /v1 request"),
     Setting("token_file", _text, None, "read the token from this file"),
+    Setting(
+        "read_token",
+        _token,
+        None,
+        "a second token, that may only read: GET and HEAD on /v1 (needs --token)",
+    ),
+    Setting("read_token_file", _text, None, "read the read-only token from this file"),
     Setting("peer", _peer_url, (), "a peer to replicate to (repeatable)", repeatable=True),
     Setting("peer_token", _token, None, "the token peers use on the replication endpoints"),
     Setting(
@@ -189,6 +196,8 @@ class Settings:
     node_id: str | None = None
     token: str | None = None
     token_file: str | None = None
+    read_token: str | None = None
+    read_token_file: str | None = None
     peer: tuple[str, ...] = ()
     peer_token: str | None = None
     replicator: str | None = None
@@ -198,6 +207,14 @@ class Settings:
     access_log: bool = False
     purge_interval: int = 60
     tombstone_grace: int = 7 * 86400
+
+    def __post_init__(self) -> None:
+        if self.read_token is not None and self.token is None:
+            raise SettingsError(
+                "setting 'read_token' needs 'token' too: without it, anyone may write"
+            )
+        if self.read_token is not None and self.read_token == self.token:
+            raise SettingsError("setting 'read_token' must differ from 'token'")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -249,19 +266,19 @@ def load_settings(
             values[setting.name] = _convert(setting, environ[setting.variable], setting.variable)
         elif setting.name in file_values:
             values[setting.name] = _convert(setting, file_values[setting.name], f"in {config}")
-    if "token_file" in values and "token" not in values:
-        values["token"] = _convert(
-            BY_NAME["token"], _read_token(values["token_file"]), "token_file"
-        )
+    for name in ("token", "read_token"):
+        source = f"{name}_file"
+        if source in values and name not in values:
+            values[name] = _convert(BY_NAME[name], _read_token(values[source], source), source)
     return Settings(**values)
 
 
-def _read_token(path: str) -> str:
+def _read_token(path: str, setting: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
     except OSError as exc:
-        raise SettingsError(f"setting 'token_file': cannot read {path}: {exc.strerror}") from None
+        raise SettingsError(f"setting '{setting}': cannot read {path}: {exc.strerror}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

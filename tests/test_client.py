@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from navistore import errors
-from navistore.client import Client, ClientError, Unauthorized, key_path
+from navistore.client import Client, ClientError, Forbidden, Unauthorized, key_path
 from navistore.testing.servers import ServerProcess, wait_until, writes_between_pages
 
 
@@ -300,6 +300,51 @@ def test_the_server_and_token_come_from_the_environment_as_for_the_commands(serv
 def test_an_unreachable_server_is_a_client_error():
     with pytest.raises(ClientError, match="cannot reach"):
         Client("http://127.0.0.1:9").get("k")
+
+
+def test_the_read_token_reads_everything_and_writes_nothing(serve):
+    # a Consul ACL token with read on the keys, an etcd user with a read-only role: what the
+    # machines that take their configuration get, while whoever changes it keeps the token
+    server = serve(
+        "--token", "w-secret", "--read-token", "r-secret", "--peer", "http://127.0.0.1:9"
+    )
+    writer, reader = Client(server.url, token="w-secret"), Client(server.url, token="r-secret")
+    written = writer.put("app/k", b"v")
+    assert reader.get("app/k").value == b"v"
+    assert [e.key for e in reader.get_prefix("app/")] == ["app/k"]
+    assert [c.key for c in reader.changes(0)[0]] == ["app/k"]
+    assert reader.status()["last_seq"] == 1
+    assert reader.replication_status() is not None
+    assert server.request("HEAD", "/v1/keys/app/k", headers=_bearer("r-secret")).status == 200
+    refused = [
+        lambda: reader.put("app/k", b"changed"),
+        lambda: reader.put("app/new", b"x"),
+        lambda: reader.delete("app/k"),
+        lambda: reader.delete_prefix("app/"),
+        lambda: reader.batch([{"op": "delete", "key": "app/k"}]),
+    ]
+    for write in refused:
+        with pytest.raises(Forbidden, match="the read token may read"):
+            write()
+    answer = server.request("PUT", "/v1/replication/peers", b'{"peers": []}', _json("r-secret"))
+    assert answer.status == 403 and "writing needs the token" in answer.json()["description"]
+    # the replication endpoints take the peer token (here the token): not the read token
+    records = b'{"source": {}, "target_store_id": "x", "records": []}'
+    answer = server.request("POST", "/v1/replication/records", records, _json("r-secret"))
+    assert answer.status == 401
+    assert writer.get("app/k").etag == written.etag
+    assert [e.key for e in writer.get_prefix("app/")] == ["app/k"]
+    assert writer.status()["last_seq"] == 1  # nothing the read token tried was written
+    with pytest.raises(Unauthorized):
+        Client(server.url, token="guess").get("app/k")
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _json(token: str) -> dict[str, str]:
+    return {**_bearer(token), "Content-Type": "application/json"}
 
 
 def test_a_token_is_sent(serve):

@@ -306,18 +306,24 @@ def test_oversized_headers_are_refused(server):
 
 
 def test_tokens_never_reach_the_log_and_open_binding_warns(serve):
-    server = serve("--token", "super-secret-token", "--host", "0.0.0.0", "--access-log", "true")
+    server = serve(
+        "--token", "super-secret-token", "--read-token", "reading-token", "--host", "0.0.0.0",
+        "--access-log", "true",
+    )  # fmt: skip
     server.host = "127.0.0.1"
     auth = {"Authorization": "Bearer super-secret-token"}
     assert server.request("PUT", "/v1/keys/k", b"v", auth).status == 201
     assert (
         server.request("GET", "/v1/keys/k", headers={"Authorization": "Bearer wrong"}).status == 401
     )
+    reading = {"Authorization": "Bearer reading-token"}
+    assert server.request("DELETE", "/v1/keys/k", headers=reading).status == 403
     assert server.request("GET", "/healthz").status == 200
     time.sleep(0.3)
     server.stop()
     log = "".join(server.log)
     assert "super-secret-token" not in log and '"PUT /v1/keys/k" 201' in log
+    assert "reading-token" not in log and '"DELETE /v1/keys/k" 403' in log
     serve_open = serve("--host", "0.0.0.0")
     serve_open.stop()
     assert "without a token" in "".join(serve_open.log)

@@ -99,6 +99,19 @@ def test_token_file(tmp_path):
     assert load_settings(flags={"token_file": str(path)}, environ={}).token == "s3cret"
 
 
+def test_the_read_token_comes_with_a_token_and_differs_from_it(tmp_path):
+    path = tmp_path / "read"
+    path.write_text("r-secret\n")
+    settings = load_settings(flags={"token": "w", "read_token_file": str(path)}, environ={})
+    assert settings.read_token == "r-secret"
+    with pytest.raises(SettingsError, match="'read_token' needs 'token' too"):
+        load_settings(flags={"read_token": "r"}, environ={})
+    with pytest.raises(SettingsError, match="'read_token' must differ from 'token'"):
+        load_settings(environ={"NAVISTORE_TOKEN": "t", "NAVISTORE_READ_TOKEN": "t"})
+    with pytest.raises(SettingsError, match="'read_token_file': cannot read"):
+        load_settings(flags={"token": "w", "read_token_file": str(tmp_path / "no")}, environ={})
+
+
 def test_every_setting_is_a_field_with_the_same_default():
     for setting in SETTINGS:
         assert getattr(Settings(), setting.name) == setting.default

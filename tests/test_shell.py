@@ -683,7 +683,7 @@ def test_load_names_the_line_the_server_refused(nav, tmp_path, server, bad, said
 
 def test_a_server_that_wants_a_token_says_how_to_give_it(nav, tmp_path):
     (tmp_path / "guarded").mkdir()
-    guarded = ServerProcess(["--token", "s3cret"], tmp_path / "guarded")
+    guarded = ServerProcess(["--token", "s3cret", "--read-token", "r3ad"], tmp_path / "guarded")
     try:
         missing = nav("ls", url=guarded.url)
         assert missing.returncode == 4
@@ -695,6 +695,14 @@ def test_a_server_that_wants_a_token_says_how_to_give_it(nav, tmp_path):
         assert wrong.returncode == 4 and b"refused the token given" in wrong.stderr
         right = nav("put", "k", "v", "--token", "s3cret", url=guarded.url)
         assert right.returncode == 0, right.stderr
+        read = nav("get", "k", "--token", "r3ad", url=guarded.url)
+        assert read.returncode == 0 and read.stdout == b"v"
+        write = nav("put", "k", "w", "--token", "r3ad", url=guarded.url)
+        assert write.returncode == 4
+        assert write.stderr == (
+            b"navistore: forbidden: the read token may read (GET, HEAD), not PUT /v1/keys/k; "
+            b"writing needs the token\n"
+        )
     finally:
         guarded.stop()
 

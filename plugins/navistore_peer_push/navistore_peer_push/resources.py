@@ -145,7 +145,7 @@ class PeersResource:
                     "description": "The peers: all, configured, set at runtime",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                **errors(400, 401, 405, 413, 415, 503),
+                **errors(400, 401, 405, 413, 415, 503, *((403,) if method == "put" else ())),
             },
         }
         for method, summary in (
