@@ -42,6 +42,11 @@ class _NodeCollector:
         keys = self.node.key_count()
         if keys is not None:
             yield GaugeMetricFamily("navistore_keys", "Live keys in the store", value=keys)
+        size = self.node.disk_bytes()
+        if size is not None:
+            yield GaugeMetricFamily(
+                "navistore_store_bytes", "What the store takes on disk, in bytes", value=size
+            )
         yield GaugeMetricFamily(
             "navistore_watchers_waiting", "Watches waiting for a change", value=self.node.watchers
         )

@@ -503,6 +503,11 @@ class Node:
         count = getattr(self.store, "count", None)
         return count() if callable(count) else None
 
+    def disk_bytes(self) -> int | None:
+        """What the store takes on disk, when the backend can say (optional ``disk_bytes()``)."""
+        measure = getattr(self.store, "disk_bytes", None)
+        return measure() if callable(measure) else None
+
     # -- writes -----------------------------------------------------------------------------
 
     def put(
@@ -828,6 +833,7 @@ class Node:
             "last_seq": self.store.last_seq(),
             "backend": self.backend.name,
             "replicator": self.replicator_name,
+            "disk_bytes": self.disk_bytes(),
         }
 
     def plugins_report(self) -> dict[str, Any]:

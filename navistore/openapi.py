@@ -229,6 +229,10 @@ _SCHEMAS: dict[str, Any] = {
             "last_seq": {"type": "integer"},
             "backend": {"type": "string"},
             "replicator": {"type": ["string", "null"]},
+            "disk_bytes": {
+                "type": ["integer", "null"],
+                "description": "what the store takes on disk; null when the backend cannot say",
+            },
         },
     },
 }

@@ -280,6 +280,17 @@ def _ago(moment: float | None) -> str:
     return "never" if moment is None else f"{max(0.0, time.time() - moment):.1f} s ago"
 
 
+def _bytes(size: int) -> str:
+    """A size as people read it: 512 B, 4.0 KiB, 208.3 MiB."""
+    if size < 1024:
+        return f"{size} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """The node and its peers at a glance (etcdctl endpoint status, consul members); exit 0
     when the server answers and its store does, 4 otherwise: usable as a health check."""
@@ -289,7 +300,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         replication = client.replication_status()
     print(f"{args.url}: {'healthy' if healthy else 'UNHEALTHY: the store does not answer'}")
     print(f"node        {status['node_id']} (navistore {status['version']})")
-    print(f"store       {status['backend']}, id {status['store_id']}")
+    size = status.get("disk_bytes")  # None: the backend cannot say; absent: an older server
+    on_disk = "" if size is None else f", {_bytes(size)} on disk"
+    print(f"store       {status['backend']}, id {status['store_id']}{on_disk}")
     print(f"last seq    {status['last_seq']}")
     print(f"replicator  {status['replicator'] or 'none'}")
     for peer in (replication or {}).get("peers", []):

@@ -7,6 +7,10 @@ atomic. They never make stamps: the Node does; a store keeps and compares what i
 Optional methods, which the Node uses when a backend has them:
 
 - ``count() -> int``: the number of live keys, for the ``navistore_keys`` metric.
+- ``disk_bytes() -> int``: what the store's data takes on disk (its files; a server's tables
+  with their indexes), for the ``navistore_store_bytes`` metric and ``/v1/status``: what an
+  operator watches to see the disk fill (etcd's ``etcd_mvcc_db_total_size_in_bytes``). Every
+  scrape calls it, so it should be cheap.
 - ``next_expiry() -> float | None``: the soonest ``expires_at`` of a record not deleted (due or
   not: purge has not run), None when no such record has one. The Node purges expiries as they
   fall due; it tracks those it commits, and with this method it learns of the others: written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 
@@ -60,6 +61,11 @@ def test_keys_watchers_and_seq_gauges(client):
     assert samples[("navistore_keys", ())] == 1
     assert samples[("navistore_last_seq", ())] == 3
     assert samples[("navistore_watchers_waiting", ())] == 0
+    # the sqlite files, as `du` counts them; the status says the same
+    stored = samples[("navistore_store_bytes", ())]
+    assert stored > 0 and stored == client.simulate_get("/v1/status").json["disk_bytes"]
+    client.simulate_put("/v1/keys/big", body=os.urandom(512 * 1024))
+    assert scrape(client)[("navistore_store_bytes", ())] >= stored + 512 * 1024
 
 
 def test_store_errors_are_counted(make_node, tmp_path):

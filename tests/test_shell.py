@@ -533,7 +533,7 @@ def test_status_shows_the_node_and_how_far_behind_each_peer_is(serve, tmp_path):
         f"last seq    {last_seq}",
         "replicator  peer-push",
     ]
-    assert lines[2].startswith("store       sqlite, id ")
+    assert re.fullmatch(r"store       sqlite, id \S+, [\d.]+ (KiB|MiB) on disk", lines[2])
     assert re.fullmatch(
         rf"peer        {second.url} \(node second\): 0 changes behind; last success [\d.]+ s ago",
         lines[5],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import os
 import threading
 import time
 
@@ -543,6 +544,16 @@ class BackendSuite(SuiteFixtures):
         assert store.next_expiry() == pytest.approx(now + 3600, abs=0.001)
         store.commit(record("later", b"v", stamps.next()), ANY)  # rewritten without a TTL
         assert store.next_expiry() is None
+
+    def test_disk_bytes_grows_with_what_the_store_holds(self, store, stamps):
+        """Optional (``disk_bytes``): what the store takes on disk, for the operator's metric."""
+        if not callable(getattr(store, "disk_bytes", None)):
+            pytest.skip("the backend has no disk_bytes (an optional method)")
+        before = store.disk_bytes()
+        assert isinstance(before, int) and before >= 0
+        for n in range(32):  # 2 MiB that no compression shrinks
+            store.commit(record(f"disk/{n}", os.urandom(64 * 1024), stamps.next()), ANY)
+        assert store.disk_bytes() >= before + 1024 * 1024
 
     def test_purge_drops_only_old_tombstones_up_to_the_seq(self, store):
         for n, key in enumerate(["a", "b", "c"], start=1):

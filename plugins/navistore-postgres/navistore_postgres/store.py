@@ -526,6 +526,16 @@ class PostgresStore:
         """Live keys (optional in the protocol: for the navistore_keys metric)."""
         return self._read(f"SELECT count(*) FROM {{s}}.records WHERE {_LIVE}", (time.time(),))[0][0]
 
+    def disk_bytes(self) -> int:
+        """The schema's tables with their indexes and TOAST (optional in the protocol: for the
+        navistore_store_bytes metric), from PostgreSQL's own account of their files."""
+        return self._read(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'",
+            (self.schema,),
+        )[0][0]
+
     def next_expiry(self) -> float | None:
         """The soonest expiry of a record not deleted yet (optional in the protocol). The expiry
         index's first entry."""

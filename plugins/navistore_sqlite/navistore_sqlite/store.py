@@ -680,6 +680,15 @@ class SqliteStore:
     def last_seq(self) -> int:
         return self._last_seq
 
+    def disk_bytes(self) -> int:
+        """The database file with its WAL and WAL index (optional in the protocol: for the
+        navistore_store_bytes metric): what ``du`` counts, read from the file system."""
+        size = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                size += os.path.getsize(self.path + suffix)
+        return size
+
     def meta_get(self, name: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
         return rows[0][0] if rows else None

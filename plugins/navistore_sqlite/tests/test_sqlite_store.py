@@ -586,6 +586,8 @@ def test_a_purge_gives_the_space_deleted_values_held_back_to_the_file_system(tmp
         assert store.get("keep").value == b"kept"
         store.commit(Record("big/0", b"w" * 100_000, stamp=stamp(500)), ANY)  # room again
         assert store.get("big/0").value == b"w" * 100_000
+        files = [path, f"{path}-wal", f"{path}-shm"]
+        assert store.disk_bytes() == sum(os.path.getsize(f) for f in files)
     finally:
         store.close()
     assert os.path.getsize(path) < 60 * 100_000 / 10  # the file too, once checkpointed
