@@ -7,11 +7,17 @@ other line is one key:
 ``jq``. Loading writes through ``POST /v1/batch``, so it is idempotent (loading twice leaves the
 same keys, values, content types and expiry times), and resumable: the number of lines done is
 kept in ``FILE.progress`` and a load interrupted goes on from there.
+
+``load`` also reads what etcd and Consul export, to move a store over: ``consul kv export``'s
+JSON array of ``{"key", "flags", "value" (base64)}``, and ``etcdctl get --prefix "" -w json``'s
+``{"kvs": [{"key" (base64), "value" (base64), ...}]}``. Neither has content types; Consul's
+flags and etcd's leases have no counterpart here and are left behind.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import itertools
 import json
 import math
@@ -118,6 +124,49 @@ def _records(source: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | None]]:
         yield number, item
 
 
+SOURCES = ("navistore", "consul", "etcd")  # what load reads: navistore's dump, or an export
+
+
+def _exported(path: str, source: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """(entry number, the entry as a dumped key) from what ``consul kv export`` or
+    ``etcdctl get --prefix "" -w json`` wrote."""
+    shape = {
+        "consul": 'what `consul kv export` writes: a JSON array of {"key", "flags", "value"}',
+        "etcd": "what `etcdctl get --prefix '' -w json` writes: {\"kvs\": [...]}",
+    }[source]
+    with open(path, "rb") as handle:
+        try:
+            document = json.load(handle)
+        except ValueError as exc:
+            raise errors.InvalidRequest(
+                f"{path} is not JSON ({exc}); load --from {source} reads {shape}"
+            ) from None
+    if source == "consul":
+        entries = document
+    else:  # an empty etcd leaves "kvs" out
+        entries = document.get("kvs", []) if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise errors.InvalidRequest(f"{path} is not {shape}")
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+            raise errors.InvalidRequest(f"entry {number} has no key; {path} should be {shape}")
+        value = entry.get("value") or ""  # Consul writes null, etcd leaves out, an empty value
+        if not isinstance(value, str):
+            raise errors.InvalidRequest(
+                f"entry {number} ({entry['key']!r}): the value is not base64 text"
+            )
+        key = entry["key"]
+        if source == "etcd":  # etcd's keys are bytes, in base64 too
+            try:
+                key = base64.b64decode(key, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                raise errors.InvalidRequest(
+                    f"entry {number}: the key {entry['key']!r} is not base64 of UTF-8 text "
+                    "(navistore keys are text)"
+                ) from None
+        yield number, {"key": key, "value": value}
+
+
 def _operation(item: dict[str, Any], now: float) -> dict[str, Any] | None:
     """The batch operation that restores one dumped key; None when it has expired since."""
     op: dict[str, Any] = {"op": "put", "key": item["key"], "value": item.get("value", "")}
@@ -132,26 +181,33 @@ def _operation(item: dict[str, Any], now: float) -> dict[str, Any] | None:
     return op
 
 
-def _say_where(exc: errors.NavistoreError, ops: list[dict[str, Any]], lines: list[int]) -> None:
-    """A batch failed: say which line of the dump the refused operation came from (the server
-    can only say which operation of the batch) and how far the load got, in the error itself."""
+def _say_where(
+    exc: errors.NavistoreError, ops: list[dict[str, Any]], lines: list[int], unit: str = "line"
+) -> None:
+    """A batch failed: say which line of the dump (or ``unit`` of an export) the refused
+    operation came from (the server can only say which operation of the batch) and how far the
+    load got, in the error itself."""
     index = exc.index
     if index is not None and 0 <= index < len(ops):
         key = ops[index]["key"]
         for said in (f"operation {index}: ", f"operation {index} ({key!r}): "):
             exc.description = exc.description.removeprefix(said)
         shown = repr(key) if len(key) <= 60 else f"{key[:60]!r}..."
-        exc.description = f"line {lines[index]} ({shown}): {exc.description}"
+        exc.description = f"{unit} {lines[index]} ({shown}): {exc.description}"
     loaded = lines[0] - 1  # what the progress file says
-    if loaded > 1:  # past the header
+    if loaded > (1 if unit == "line" else 0):  # past the header, which an export has not
         exc.description += (
-            f" (lines up to {loaded} are loaded; run the same command to go on from there)"
+            f" ({unit}s up to {loaded} are loaded; run the same command to go on from there)"
         )
     exc.args = (exc.description,)
 
 
-def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
-    """Restore a dump; return (keys written, lines skipped because done before). Resumable."""
+def load(
+    client: Client, path: str, restart: bool = False, source: str = "navistore"
+) -> tuple[int, int]:
+    """Restore a dump, or an export of another store (``source``: ``SOURCES``); return (keys
+    written, lines or entries skipped because done before). Resumable."""
+    unit = "line" if source == "navistore" else "entry"
     checkpoint = path + ".progress"
     done_before = 0
     if os.path.exists(checkpoint) and not restart:
@@ -170,7 +226,7 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
             try:
                 client.batch(pending)
             except errors.NavistoreError as exc:
-                _say_where(exc, pending, pending_lines)
+                _say_where(exc, pending, pending_lines, unit)
                 raise
             written += len(pending)
             progress.advance(len(pending))
@@ -178,8 +234,9 @@ def load(client: Client, path: str, restart: bool = False) -> tuple[int, int]:
         with open(checkpoint, "w") as handle:
             handle.write(str(upto_line))
 
-    with open(path, "rb") as source:
-        for number, item in _records(source):
+    with open(path, "rb") as handle:
+        items = _records(handle) if source == "navistore" else _exported(path, source)
+        for number, item in items:
             if number <= done_before:
                 continue
             last_line = number

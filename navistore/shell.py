@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 from navistore import errors
-from navistore.backup import dump, load
+from navistore.backup import SOURCES, dump, load
 from navistore.client import DEFAULT_URL, Change, Client, ClientError, Listed, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
@@ -333,9 +333,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        written, resumed = load(client, args.file, restart=args.restart)
+        written, resumed = load(client, args.file, restart=args.restart, source=args.source)
     if resumed:
-        print(f"resumed after line {resumed}", file=sys.stderr)
+        unit = "line" if args.source == "navistore" else "entry"
+        print(f"resumed after {unit} {resumed}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -466,6 +467,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     load_ = commands.add_parser("load", parents=[common], help="restore a dump (resumable)")
     load_.add_argument("file")
     load_.add_argument("--restart", action="store_true", help="ignore FILE.progress; start over")
+    load_.add_argument(
+        "--from",
+        dest="source",
+        choices=SOURCES,
+        default="navistore",
+        help="what FILE is: a navistore dump (the default), `consul kv export`'s output, or "
+        "`etcdctl get --prefix '' -w json`'s",
+    )
     load_.set_defaults(func=cmd_load)
 
     for parser in (get, put, delete, ls, watch, status, dump_, load_):

@@ -707,6 +707,88 @@ def test_a_server_that_wants_a_token_says_how_to_give_it(nav, tmp_path):
         guarded.stop()
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# What `consul kv export` and `etcdctl get --prefix "" -w json` print, in their own shapes: a
+# folder key with a null value, flags; etcd's header, base64 keys, a lease, an empty value left out
+_CONSUL_EXPORT = [
+    {"key": "app/", "flags": 0, "value": None},
+    {"key": "app/db/host", "flags": 0, "value": _b64(b"10.0.0.5")},
+    {"key": "app/blob", "flags": 42, "value": _b64(bytes(range(256)))},
+    {"key": "app/caf\u00e9", "flags": 0, "value": _b64("cr\u00e8me".encode())},
+]
+_ETCD_EXPORT = {
+    "header": {"cluster_id": 14841639068965178418, "member_id": 10276657743932975437,
+               "revision": 9, "raft_term": 2},
+    "kvs": [
+        {"key": _b64(b"svc/a"), "create_revision": 2, "mod_revision": 7, "version": 3,
+         "value": _b64(b"one")},
+        {"key": _b64("svc/\u00e9".encode()), "create_revision": 8, "mod_revision": 8,
+         "version": 1, "value": _b64(b"\x00\xff")},
+        {"key": _b64(b"svc/empty"), "create_revision": 9, "mod_revision": 9, "version": 1},
+        {"key": _b64(b"svc/leased"), "create_revision": 5, "mod_revision": 5, "version": 1,
+         "value": _b64(b"x"), "lease": 7587875829451870000},
+    ],
+    "count": 4,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("source", "export", "expected"),
+    [
+        (
+            "consul",
+            _CONSUL_EXPORT,
+            {"app/": b"", "app/db/host": b"10.0.0.5", "app/blob": bytes(range(256)),
+             "app/caf\u00e9": "cr\u00e8me".encode()},
+        ),
+        (
+            "etcd",
+            _ETCD_EXPORT,
+            {"svc/a": b"one", "svc/\u00e9": b"\x00\xff", "svc/empty": b"", "svc/leased": b"x"},
+        ),
+    ],
+)  # fmt: skip
+def test_load_moves_a_store_over_from_consul_or_etcd(
+    nav, tmp_path, server, source, export, expected
+):
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    loaded = nav("load", "export.json", "--from", source)
+    assert loaded.returncode == 0, loaded.stderr
+    with Client(server.url) as client:
+        held = {entry.key: entry.value for entry in client.get_prefix("")}
+    assert held == expected
+    again = nav("load", "export.json", "--from", source)  # idempotent, as a dump's load
+    assert again.returncode == 0
+    with Client(server.url) as client:
+        assert {e.key: e.value for e in client.get_prefix("")} == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "export", "said"),
+    [
+        ("consul", {"navistore_dump": 1}, "is not what `consul kv export` writes"),
+        ("etcd", _CONSUL_EXPORT, "is not what `etcdctl get --prefix '' -w json` writes"),
+        ("consul", [{"key": "a", "value": 5}], "entry 1 ('a'): the value is not base64 text"),
+        ("etcd", {"kvs": [{"key": _b64(b"\xff")}]}, "entry 1: the key '/w==' is not base64 of"),
+        (
+            "consul",
+            [{"key": "ok", "value": "dg=="}, {"key": "bad\u0001", "value": "dg=="}],
+            "entry 2 ('bad\\x01'): ",
+        ),
+    ],
+)
+def test_load_from_an_export_names_the_entry_it_cannot_take(
+    nav, tmp_path, server, source, export, said
+):
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    loaded = nav("load", "export.json", "--from", source)
+    assert loaded.returncode == 2 and said in loaded.stderr.decode(), loaded.stderr
+    assert list(Client(server.url).list("")) == []  # the batch is all or nothing
+
+
 def test_load_refuses_a_file_that_is_not_a_dump(nav, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"navistore_dump": 1}\nnot json\n')
     bad = nav("load", "bad.jsonl")
