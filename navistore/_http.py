@@ -8,6 +8,7 @@ refuse such input, not store something other than what the client meant.
 from __future__ import annotations
 
 import re
+from typing import overload
 from urllib.parse import urlsplit
 
 from navistore.errors import InvalidKey, InvalidRequest
@@ -115,6 +116,16 @@ def parse_etags(header: str | None, name: str) -> list[tuple[bool, str]] | str |
     if not tags:
         raise InvalidRequest(f"the {name} header is empty; send * or quoted entity-tags")
     return tags
+
+
+@overload
+def integer(params: dict[str, str], name: str, default: int, low: int, high: int) -> int: ...
+
+
+@overload
+def integer(
+    params: dict[str, str], name: str, default: None, low: int, high: int
+) -> int | None: ...
 
 
 def integer(

@@ -118,7 +118,8 @@ class AccessLog:
         # (pytest, say, leaves it at WARNING): the lines go to stderr, not through logging.
         if not _logger.isEnabledFor(logging.INFO):
             return
-        elapsed_ms = (time.perf_counter() - req.context.get("started", time.perf_counter())) * 1000
+        started: float = req.context.get("started") or time.perf_counter()
+        elapsed_ms = (time.perf_counter() - started) * 1000
         if resp.content_length is not None:
             size = resp.content_length
         else:

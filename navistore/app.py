@@ -59,7 +59,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTT
         if exc.status_code == 404:
             body["description"] = f"no route matches {req.path}; GET /openapi.json lists the routes"
         elif exc.status_code == 405:
-            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            allowed = dict(exc.headers or {}).get("Allow", "")
             body["description"] = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
         else:
             body["description"] = body.get("title", "")
@@ -97,8 +97,8 @@ class TokenAuth:
         bearer = scheme.lower() == "bearer"
         if bearer and hmac.compare_digest(given, expected):
             return
-        reader = self._reader is not None and not peer and bearer
-        if reader and hmac.compare_digest(given, self._reader):
+        reader = self._reader
+        if reader is not None and not peer and bearer and hmac.compare_digest(given, reader):
             if req.method in ("GET", "HEAD"):
                 return
             raise falcon.HTTPForbidden(

@@ -234,8 +234,8 @@ def load(
         with open(checkpoint, "w") as handle:
             handle.write(str(upto_line))
 
-    with open(path, "rb") as handle:
-        items = _records(handle) if source == "navistore" else _exported(path, source)
+    with open(path, "rb") as dumped:
+        items = _records(dumped) if source == "navistore" else _exported(path, source)
         for number, item in items:
             if number <= done_before:
                 continue

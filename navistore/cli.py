@@ -134,7 +134,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     run: list[str] = []
     if argv[:1] == ["watch"] and "--" in argv:  # navistore watch PREFIX -- COMMAND ARG...
         cut = argv.index("--")
-        argv, run = argv[:cut], argv[cut + 1 :]
+        argv, run = argv[:cut], list(argv[cut + 1 :])
         if not run:
             parser.error("watch: give the command to run after --")
     args, extra = parser.parse_known_args(argv)

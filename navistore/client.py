@@ -21,6 +21,7 @@ Each thread reuses one keep-alive connection. Errors are the classes of ``navist
 from __future__ import annotations
 
 import base64
+import builtins  # in Client's annotations, `list` is the method Client.list: say builtins.list
 import dataclasses
 import http.client
 import json
@@ -259,6 +260,7 @@ class Client:
         kind = _ERRORS.get(status)
         if kind is None:
             return ClientError(f"{status}: {description}", status=status)
+        error: errors.NavistoreError
         if issubclass(kind, ClientError):
             error = kind(description, status=status)
         else:
@@ -365,7 +367,7 @@ class Client:
 
     def value_pages(
         self, prefix: str = "", page_size: int = 1000, after: str = ""
-    ) -> Iterator[tuple[int, list[Entry]]]:
+    ) -> Iterator[tuple[int, builtins.list[Entry]]]:
         """``get_prefix`` a page at a time, each with the store's newest seq as it was read: the
         first page's is the index to watch from, as ``snapshot`` gives, for a reader that streams
         the keys rather than hold them all (``navistore dump`` keeps it in its header)."""
@@ -388,7 +390,7 @@ class Client:
                 return
             after = page["next"]
 
-    def batch(self, ops: Sequence[dict[str, Any]]) -> list[Written]:
+    def batch(self, ops: Sequence[dict[str, Any]]) -> builtins.list[Written]:
         """Write and delete several keys, all or nothing. Each op is a dict as in the REST API;
         a ``value`` given as bytes is base64-encoded for you."""
         encoded = []
@@ -411,10 +413,10 @@ class Client:
         limit: int = 100,
         wait: int = 0,
         values: bool = False,
-    ) -> tuple[list[Change], int]:
+    ) -> tuple[builtins.list[Change], int]:
         """One page of the change feed after ``since``: (changes, the store's newest seq); with
         ``values``, each change carries the value it wrote."""
-        query = {"since": since, "limit": limit, "wait": wait or None}
+        query: dict[str, Any] = {"since": since, "limit": limit, "wait": wait or None}
         query.update(key=key, prefix=prefix or None)  # both: the server says which to choose
         if values:
             query["values"] = "true"
@@ -461,7 +463,7 @@ class Client:
         reconnect: bool,
         on_retry: Callable[[errors.NavistoreError, float], None] | None,
         on_reconnect: Callable[[int], None] | None,
-    ) -> Iterator[list[Change]]:
+    ) -> Iterator[builtins.list[Change]]:
         """``watch``, a non-empty answer of the server at a time."""
         reached = since is None  # then the status read below must answer first
         if since is None:

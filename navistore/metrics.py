@@ -140,12 +140,12 @@ class _RequestCollector:
             labels=["route", "method"],
         )
         bounds = [floatToGoString(b) for b in _BUCKETS] + ["+Inf"]
-        for key, series in sorted(latency.items()):
+        for route_method, series in sorted(latency.items()):
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, series[:-1], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
-            durations.add_metric(list(key), buckets, series[-1])
+            durations.add_metric(list(route_method), buckets, series[-1])
         yield durations
 
 

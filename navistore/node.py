@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins  # in Node's annotations, `list` is the method Node.list: say builtins.list
 import heapq
 import inspect
 import json
@@ -264,17 +265,18 @@ class Node:
         with self._replication_lock:
             if self.replication is not None:
                 self.replication.peers_changed()
-            elif self._make_replication() and self._started:
-                self.replication.start()
+            elif (made := self._make_replication()) is not None and self._started:
+                made.start()
         return self.peers()
 
-    def _make_replication(self) -> bool:
-        """Build the replication strategy the settings and peers call for; say if there is one."""
+    def _make_replication(self) -> Any:
+        """Build the replication strategy the settings and peers call for; return it (None:
+        there is none)."""
         self.replicator_name = resolve_replicator_name(self.settings.replicator, self.peers())
         if self.replicator_name:
             replicator, _ = self.plugins.replicator(self.replicator_name)
             self.replication = replicator.factory(self)
-        return self.replication is not None
+        return self.replication
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -288,7 +290,7 @@ class Node:
 
     def list(
         self, prefix: str = "", after: str = "", limit: int = DEFAULT_LIMIT, separator: str = ""
-    ) -> tuple[list[Record], list[str], str | None]:
+    ) -> tuple[builtins.list[Record], builtins.list[str], str | None]:
         """List live keys (without values) in key order: (records, folded prefixes, next)."""
         _check_limit(limit)
         if not separator:
@@ -314,7 +316,7 @@ class Node:
         after: str = "",
         limit: int = DEFAULT_LIMIT,
         max_bytes: int = MAX_PAGE_VALUE_BYTES,
-    ) -> tuple[list[Record], str | None]:
+    ) -> tuple[builtins.list[Record], str | None]:
         """A listing page with the values (``GET /v1/keys?values=true``): live records in key
         order, all read by one ``store.scan``, so the page is one moment of the store, and
         ``next`` when more follow. A page ends early rather than carry more than ``max_bytes``
@@ -334,7 +336,7 @@ class Node:
 
     def _list_folded(
         self, prefix: str, after: str, limit: int, separator: str
-    ) -> tuple[list[Record], list[str], str | None]:
+    ) -> tuple[builtins.list[Record], builtins.list[str], str | None]:
         """One level of a hierarchy: keys below the next separator fold into a prefix, and the
         scan jumps past a folded prefix instead of reading every key under it."""
 
@@ -345,8 +347,8 @@ class Node:
         # An `after` that is itself a folded prefix (the `next` of a previous page) skips it.
         if after.startswith(prefix) and folded(after) == after:
             after = past_prefix(after)
-        records: list[Record] = []
-        prefixes: list[str] = []
+        records: builtins.list[Record] = []
+        prefixes: builtins.list[str] = []
         last = ""
         size = 8  # small reads first: a folded prefix may hide many keys; grow while none folds
         while len(records) + len(prefixes) < limit:
@@ -374,7 +376,7 @@ class Node:
         prefix: str = "",
         key: str | None = None,
         values: bool = True,
-    ) -> tuple[list[Record], int]:
+    ) -> tuple[builtins.list[Record], int]:
         """Return (changes after ``since``, the store's newest seq), tombstones included. With
         ``values=False``, a store that can leave the values out does (see ``Store.changes``)."""
         _check_limit(limit)
@@ -392,7 +394,7 @@ class Node:
             )
         if key is None:
             return self.store_changes(since, limit, prefix, values), last_seq
-        found: list[Record] = []
+        found: builtins.list[Record] = []
         cursor = since
         while len(found) < limit:
             batch = self.store_changes(cursor, MAX_LIMIT, key, values)
@@ -404,13 +406,13 @@ class Node:
 
     def store_changes(
         self, since: int, limit: int, prefix: str = "", values: bool = True
-    ) -> list[Record]:
+    ) -> builtins.list[Record]:
         """``store.changes``, without the values when asked and the store can leave them out
         (an optional keyword, see ``navistore.store``): with no check of ``since`` against
         purged tombstones, for replication strategies that keep their own cursors."""
         if values or not self._changes_sized:
             return self.store.changes(since, limit, prefix)
-        return self.store.changes(since, limit, prefix, values=False)
+        return self.store.changes(since, limit, prefix, values=False)  # type: ignore[call-arg]
 
     def fill_values(
         self,
@@ -419,7 +421,7 @@ class Node:
         prefix: str = "",
         key: str | None = None,
         max_bytes: int = MAX_PAGE_VALUE_BYTES,
-    ) -> list[Record]:
+    ) -> builtins.list[Record]:
         """Changes after ``since`` with their values (``GET /v1/changes?values=true``), from
         ``sized``, the same page read without them: as many as fit ``max_bytes`` of values
         (never fewer than one) are read again with the values, and cut again, should values
@@ -440,7 +442,7 @@ class Node:
         key: str | None = None,
         wait: float = 0.0,
         values: bool = True,
-    ) -> tuple[list[Record], int]:
+    ) -> tuple[builtins.list[Record], int]:
         """Like ``changes``, but hold on up to ``wait`` seconds for a matching change.
 
         Answers at once when there are changes already, when ``since`` is past the newest seq
@@ -597,7 +599,7 @@ class Node:
 
     def commit_many(
         self, items: Sequence[tuple[Record, Expect | str]]
-    ) -> list[tuple[Record, Record | None]]:
+    ) -> builtins.list[tuple[Record, Record | None]]:
         """Commit checked records all or nothing (``PreconditionFailed.index`` names the op)."""
         for _ in range(_STALE_RETRIES):
             stamped = [(record.replace(stamp=self.clock.now()), expect) for record, expect in items]
@@ -612,7 +614,7 @@ class Node:
             return results
         raise StaleStamp("could not stamp the batch past the stored stamps")
 
-    def batch(self, ops: Any) -> list[Record]:
+    def batch(self, ops: Any) -> builtins.list[Record]:
         """Check and commit a batch of put/delete operations, all or nothing (``POST /v1/batch``).
 
         Every error names the index of the first operation that failed; nothing is written then.
@@ -839,7 +841,7 @@ class Node:
     def plugins_report(self) -> dict[str, Any]:
         return plugins_report(self.plugins, self.backend.name, self.replicator_name)
 
-    def resolve_if_match(self, key: str, etags: list[str]) -> str:
+    def resolve_if_match(self, key: str, etags: builtins.list[str]) -> str:
         """Turn several If-Match candidates into the one stamp the live record has, or fail."""
         live = self.store.get(key)
         if live is not None and live.stamp in etags:

@@ -393,7 +393,7 @@ def _serve(settings: Settings) -> int:
         try:
             server = make_server(app, settings)
         except OSError as exc:  # the port is taken, the address is not this machine's, ...
-            hint = _LISTEN_HINTS.get(exc.errno, "settings 'host' and 'port'")
+            hint = _LISTEN_HINTS.get(exc.errno or 0, "settings 'host' and 'port'")
             raise SettingsError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc} ({hint})"
             ) from None
@@ -412,7 +412,7 @@ def _serve(settings: Settings) -> int:
             settings.host,
         )
     node.start()
-    address = server.effective_host, server.effective_port  # type: ignore[union-attr]
+    address = server.effective_host, server.effective_port
     log.info(
         "navistore %s serving on http://%s:%s (store %s, backend %s, node %s)",
         __version__,

@@ -284,11 +284,12 @@ def _bytes(size: int) -> str:
     """A size as people read it: 512 B, 4.0 KiB, 208.3 MiB."""
     if size < 1024:
         return f"{size} B"
+    amount = float(size)
     for unit in ("KiB", "MiB", "GiB"):
-        size /= 1024
-        if size < 1024 or unit == "GiB":
+        amount /= 1024
+        if amount < 1024 or unit == "GiB":
             break
-    return f"{size:.1f} {unit}"
+    return f"{amount:.1f} {unit}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
@@ -177,7 +178,7 @@ class Backend:
     schemes: tuple[str, ...]
     factory: Callable[[str], Store]
     description: str = ""
-    capabilities: frozenset[str] = frozenset()
+    capabilities: AbstractSet[str] = frozenset()  # kept as a frozenset
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schemes", tuple(self.schemes))

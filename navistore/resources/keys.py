@@ -29,7 +29,7 @@ def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) 
     if_none_match = _http.parse_etags(req.get_header("If-None-Match"), "If-None-Match")
     if if_match is not None and if_none_match is not None:
         raise InvalidRequest("send If-Match or If-None-Match, not both")
-    if if_match == "*":
+    if isinstance(if_match, str):  # "*"
         return PRESENT
     if if_match:
         # If-Match compares strongly: a weak entity-tag never matches.
@@ -37,7 +37,7 @@ def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) 
         if not stamps:
             raise PreconditionFailed("a weak entity-tag never satisfies If-Match")
         return stamps[0] if len(stamps) == 1 else node.resolve_if_match(key, stamps)
-    if if_none_match == "*":
+    if isinstance(if_none_match, str):  # "*"
         return ABSENT
     if if_none_match:
         raise InvalidRequest("on a write, If-None-Match takes only *")
@@ -47,7 +47,7 @@ def write_condition(req: falcon.Request, node: Node, key: str, default: Expect) 
 def _with_value(record: Record) -> dict:
     """A listing entry with the value, base64 as in a batch (``GET /v1/keys?values=true``)."""
     entry = listing_entry(record)
-    entry["value"] = base64.b64encode(record.value).decode("ascii")
+    entry["value"] = base64.b64encode(record.value or b"").decode("ascii")
     return entry
 
 
@@ -66,7 +66,7 @@ class KeyResource:
         record = self.node.get(self._key(req))
         resp.etag = record.etag
         if_none_match = _http.parse_etags(req.env.get("HTTP_IF_NONE_MATCH"), "If-None-Match")
-        if if_none_match == "*" or (
+        if isinstance(if_none_match, str) or (  # "*"
             if_none_match and any(opaque == record.stamp for _, opaque in if_none_match)
         ):
             resp.status = falcon.HTTP_304

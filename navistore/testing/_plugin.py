@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -78,7 +78,7 @@ class SuiteFixtures:
                 )
 
     @pytest.fixture
-    def open_store(self, backend: Backend) -> Callable[[str], Store]:
+    def open_store(self, backend: Backend) -> Iterator[Callable[[str], Store]]:
         """Open a store from a URL; every store opened is closed after the test."""
         opened: list[Store] = []
 

@@ -48,8 +48,9 @@ class Cluster:
         )
 
     def start(self, i: int) -> InProcessServer:
-        self.nodes[i] = InProcessServer(self.settings(i))
-        return self.nodes[i]
+        server = InProcessServer(self.settings(i))
+        self.nodes[i] = server
+        return server
 
     def stop(self, i: int) -> None:
         node, self.nodes[i] = self.nodes[i], None

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _SERVING = re.compile(r"serving on http://([^:]+):(\d+)")
 
@@ -82,7 +82,7 @@ class ServerProcess(HttpClient):
         self.args, self.cwd = args, cwd
         self.env = {**os.environ, **(env or {})}
         self.log: list[str] = []
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[str]
         self.start()
 
     def command(self) -> list[str]:
@@ -102,7 +102,7 @@ class ServerProcess(HttpClient):
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
+            line = self._stderr().readline()
             if not line:
                 raise RuntimeError(f"navistore serve exited: {''.join(self.log)}")
             self.log.append(line)
@@ -115,8 +115,12 @@ class ServerProcess(HttpClient):
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
+    def _stderr(self) -> IO[str]:
+        assert self.proc.stderr is not None  # started with stderr=PIPE
+        return self.proc.stderr
+
     def _drain(self) -> None:
-        for line in self.proc.stderr:
+        for line in self._stderr():
             self.log.append(line)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:

@@ -195,7 +195,7 @@ def _record(row: Sequence[Any]) -> Record:
     )
 
 
-def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes]]:
+def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes | None]]:
     """SQL and parameters restricting ``key`` to those starting with ``prefix`` (and, with
     ``after``, sorting after it)."""
     where, params = "", []
@@ -222,7 +222,7 @@ class PostgresStore:
         self.schema = schema
         self._conninfo = conninfo
         self._channel = f"navistore_{schema}"
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Sequence[str] | None], None]] = []
         self._closed = threading.Event()
         self._instance = hashlib.sha1(f"{id(self)}{time.time()}".encode()).hexdigest()[:16]
         self._line: list[_Writer] = []  # writers waiting for a transaction (see commit_many)
@@ -326,7 +326,10 @@ class PostgresStore:
         record's seq from ``writes.next_seq(key)``."""
         with self._transaction() as cur:
             cur.execute(self._sql("SELECT last_seq FROM {s}.counter WHERE id = 1 FOR UPDATE"))
-            writes = _Writes(cur.fetchone()[0])
+            counter = cur.fetchone()
+            if counter is None:  # made with the schema, never deleted
+                raise StoreError(f"the table {self.schema}.counter has lost its row")
+            writes = _Writes(counter[0])
             yield cur, writes
             if writes.keys:
                 cur.execute(
@@ -418,7 +421,7 @@ class PostgresStore:
             self._lead()
         if writer.error is not None:
             raise writer.error
-        return writer.result
+        return writer.result  # type: ignore[return-value]  # set, as error was not
 
     def _lead(self) -> None:
         """Commit the writers in line (this one is first), then hand the lead on."""

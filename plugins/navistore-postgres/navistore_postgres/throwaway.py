@@ -36,12 +36,13 @@ class ThrowawayPostgres:
     """``with ThrowawayPostgres() as pg: pg.url``: a database nobody else uses."""
 
     def __init__(self, fsync: bool = False) -> None:
-        self.initdb, self.pg_ctl = find_binary("initdb"), find_binary("pg_ctl")
-        if not self.initdb or not self.pg_ctl:
+        initdb, pg_ctl = find_binary("initdb"), find_binary("pg_ctl")
+        if not initdb or not pg_ctl:
             raise FileNotFoundError(
                 "PostgreSQL's server binaries (initdb, pg_ctl) are not installed: "
                 "apt-get install postgresql"
             )
+        self.initdb, self.pg_ctl = initdb, pg_ctl
         self.fsync = fsync
         self.folder = tempfile.mkdtemp(prefix="navistore-pg-")
         self.data = os.path.join(self.folder, "data")

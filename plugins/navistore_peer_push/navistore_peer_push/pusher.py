@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,13 +46,13 @@ class Options:
     timeout: float = 10.0
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> Options:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Options:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name, default in cls.__dataclass_fields__.items():
             variable = f"NAVISTORE_PEER_PUSH_{name.upper()}"
             if variable in environ:
-                kind = type(default.default)
+                kind: Any = type(default.default)
                 try:
                     values[name] = kind(environ[variable])
                 except ValueError:
@@ -168,7 +169,7 @@ class PeerWorker(threading.Thread):
         self.options = push.options
         parts = urlsplit(url)
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
+        self._host, self._port = parts.hostname or "", parts.port
         self._base = parts.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
         self.wake = threading.Event()
@@ -251,7 +252,8 @@ class PeerWorker(threading.Thread):
 
     def _fitting(self, records: list[Record]) -> list[Record]:
         """The first of ``records`` that fit one batch of ``batch_bytes`` (at least one)."""
-        size, kept = 0, []
+        size = 0
+        kept: list[Record] = []
         for record in records:
             size += record.size * 4 // 3 + len(record.key) + 200
             if kept and size > self.options.batch_bytes:

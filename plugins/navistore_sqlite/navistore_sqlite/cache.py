@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from navistore.record import Record
 
@@ -57,7 +58,7 @@ class ReadCache:
         known: dict[str, Record | None] = {}
         with self._lock:
             for key in keys:
-                entry = self._entries.get(key, _MISS)
+                entry: Any = self._entries.get(key, _MISS)
                 if entry is not _MISS:
                     known[key] = entry
                     self._drop(key)
@@ -73,7 +74,7 @@ class ReadCache:
         return len(key) + _OVERHEAD + (record.size if record is not None else 0)
 
     def _drop(self, key: str) -> None:
-        old = self._entries.pop(key, _MISS)
+        old: Any = self._entries.pop(key, _MISS)
         if old is not _MISS:
             self._bytes -= self._cost(key, old)
 

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO
+from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from navistore import slots
@@ -239,7 +239,7 @@ def _as_stored(record: Record, seq: int) -> Record:
     return Record._make((key, value, content_type, stamp, deleted, expires_at, seq, len(value)))
 
 
-def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes]]:
+def _bounds(prefix: str, after: str = "") -> tuple[str, list[bytes | None]]:
     """SQL and parameters restricting ``key`` to those starting with ``prefix`` (and, with
     ``after``, sorting after it)."""
     where, params = "", []
@@ -278,7 +278,7 @@ class SqliteStore:
         self._not_deleted: int | None = None
         self._pending_not_deleted = 0  # what the open transaction adds to it
         self._closed = False
-        self._lock_file = _lock_exclusively(path)
+        self._lock_file: IO[bytes] | None = _lock_exclusively(path)
         self._cache = ReadCache()
         try:
             # Before the first table, or it does nothing (a database made before keeps NONE):
@@ -438,7 +438,7 @@ class SqliteStore:
     # -- the Store protocol ----------------------------------------------------------------
 
     def get(self, key: str) -> Record | None:
-        record = self._cache.lookup(key)
+        record: Any = self._cache.lookup(key)
         if record is MISS:
             generation = self._cache.generation
             rows = self._read(
@@ -491,7 +491,7 @@ class SqliteStore:
             waiter.sleep()
         if waiter.error is not None:
             raise waiter.error
-        return waiter.result
+        return waiter.result  # type: ignore[return-value]  # set, as error was not
 
     def _commit_loop(self) -> None:
         """The committer: one thread, so that handing the next group over costs no thread a
@@ -590,9 +590,9 @@ class SqliteStore:
     def scan(
         self, prefix: str = "", after: str = "", limit: int = 100, values: bool = True
     ) -> list[Record]:
-        where, params = _bounds(prefix, after)
+        where, bounds = _bounds(prefix, after)
         page = f"WHERE {_LIVE}{where} ORDER BY key LIMIT ?"
-        params = [time.time(), *params, limit]
+        params = [time.time(), *bounds, limit]
         if values:
             return [
                 _row(row) for row in self._read(f"SELECT {_READ} FROM {_WITH_BLOBS} {page}", params)
