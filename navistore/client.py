@@ -97,6 +97,22 @@ class Entry:
     etag: str
     expires_at: float | None = None
 
+    @property
+    def text(self) -> str:
+        """The value as text: in the charset its content type names (``text/plain;
+        charset=latin-1``), else UTF-8. ``UnicodeDecodeError`` when it is not that."""
+        charset = "utf-8"
+        for parameter in self.content_type.split(";")[1:]:
+            name, _, given = parameter.partition("=")
+            if name.strip().lower() == "charset" and given.strip():
+                charset = given.strip().strip('"')
+        return self.value.decode(charset)
+
+    def json(self) -> Any:
+        """The value parsed as JSON (``ValueError`` when it is not), as a configuration kept
+        as ``application/json`` is read: ``store.get("app/limits").json()["rate"]``."""
+        return json.loads(self.value)
+
 
 @dataclasses.dataclass(frozen=True)
 class Written:

@@ -64,6 +64,21 @@ def test_awkward_keys_survive_the_round_trip(client, key):
     assert [e.key for e in client.list()] == [key]
 
 
+def test_a_value_reads_as_text_in_its_charset_or_as_json(client):
+    client.put("cfg/limits", b'{"rate": 5, "name": "caf\xc3\xa9"}', "application/json")
+    limits = client.get("cfg/limits")
+    assert limits.json() == {"rate": 5, "name": "caf\u00e9"}
+    assert limits.text == '{"rate": 5, "name": "caf\u00e9"}'
+    client.put("cfg/motd", "caf\u00e9".encode("latin-1"), 'text/plain; charset="latin-1"')
+    assert client.get("cfg/motd").text == "caf\u00e9"  # not UTF-8: read in its own charset
+    client.put("cfg/raw", b"\xff", "application/octet-stream")
+    with pytest.raises(UnicodeDecodeError):
+        _ = client.get("cfg/raw").text
+    with pytest.raises(ValueError):
+        client.get("cfg/raw").json()
+    assert [e.json() for e in client.get_prefix("cfg/limits")] == [{"rate": 5, "name": "caf\u00e9"}]
+
+
 def test_dot_segments_are_escaped():
     assert key_path("a/../b") == "/v1/keys/a/%2E%2E/b"
     assert key_path(".") == "/v1/keys/%2E"
