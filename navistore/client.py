@@ -463,24 +463,27 @@ class Client:
         error is raised instead. Any other error (401, 400, 410), and any error before the server
         first answered (a wrong URL, say), is raised at once.
         """
-        pages = self._watch_pages(
+        batches = self.watch_batches(
             prefix, key, since, wait, values, reconnect, on_retry, on_reconnect
         )
-        for changes in pages:
+        for changes in batches:
             yield from changes
 
-    def _watch_pages(
+    def watch_batches(
         self,
-        prefix: str,
-        key: str | None,
-        since: int | None,
-        wait: int,
-        values: bool,
-        reconnect: bool,
-        on_retry: Callable[[errors.NavistoreError, float], None] | None,
-        on_reconnect: Callable[[int], None] | None,
+        prefix: str = "",
+        key: str | None = None,
+        since: int | None = None,
+        wait: int = 60,
+        values: bool = False,
+        reconnect: bool = True,
+        on_retry: Callable[[errors.NavistoreError, float], None] | None = None,
+        on_reconnect: Callable[[int], None] | None = None,
     ) -> Iterator[builtins.list[Change]]:
-        """``watch``, a non-empty answer of the server at a time."""
+        """``watch``, a batch at a time: each a non-empty list of the changes one answer of the
+        server brought. A burst of writes comes together, and what commits while you handle one
+        batch comes in the next: for work to do once per burst (reload a service, rewrite a
+        file), as ``navistore watch PREFIX -- COMMAND`` does."""
         reached = since is None  # then the status read below must answer first
         if since is None:
             since = self.status()["last_seq"]
@@ -538,8 +541,13 @@ class Client:
             snapshot = self.snapshot(prefix, page_size)
             state = {entry.key: entry for entry in snapshot.entries}
             yield dict(state)
-            pages = self._watch_pages(
-                prefix, None, snapshot.index, wait, True, True, on_retry, on_reconnect
+            pages = self.watch_batches(
+                prefix,
+                since=snapshot.index,
+                wait=wait,
+                values=True,
+                on_retry=on_retry,
+                on_reconnect=on_reconnect,
             )
             try:
                 for changes in pages:

@@ -221,15 +221,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     seen = 0
     with _client(args) as client:
         try:
-            answers = client._watch_pages(
+            answers = client.watch_batches(
                 args.prefix,
-                args.key,
-                args.since,
-                args.wait,
-                args.values,
-                True,
-                _retrying,
-                _reconnected(args.url),
+                key=args.key,
+                since=args.since,
+                wait=args.wait,
+                values=args.values,
+                on_retry=_retrying,
+                on_reconnect=_reconnected(args.url),
             )
             for changes in answers:
                 if args.count:

@@ -183,6 +183,17 @@ def test_watch_yields_changes_as_they_commit(client):
     assert [(c.key, c.deleted) for c in seen] == [("w/1", False), ("w/2", False), ("w/1", True)]
 
 
+def test_watch_batches_gives_what_commits_together_in_one_batch(client):
+    since = client.status()["last_seq"]
+    client.put("wb/a", b"1")
+    client.put("wb/b", b"2")
+    client.put("elsewhere", b"3")
+    batches = client.watch_batches("wb/", since=since, wait=5)
+    assert [[c.key for c in batch] for batch in [next(batches)]] == [["wb/a", "wb/b"]]
+    client.delete("wb/a")
+    assert [(c.key, c.deleted) for c in next(batches)] == [("wb/a", True)]
+
+
 def test_watch_with_values_yields_what_each_change_wrote(client):
     since = client.status()["last_seq"]
     client.put("v/1", b"\x00one", content_type="x/y", ttl=600)
