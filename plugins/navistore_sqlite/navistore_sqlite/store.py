@@ -739,7 +739,8 @@ class SqliteStore:
         without it, a database keeps the size of the most it ever held (etcd asks for a
         ``defrag``). ``_SHRINK_PAGES`` at a time, each under the write lock on its own, so writers
         go on in between: 256 pages took 1.3 ms (4 KiB pages, 200,000 keys, 3 of 4 deleted).
-        A database made before auto_vacuum was set has no free list to give back: no-op."""
+        In a database made before auto-vacuum was on, free pages stay free for reuse: sqlite can
+        give them back only after a VACUUM (README says how)."""
         conn = self._conn()
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
