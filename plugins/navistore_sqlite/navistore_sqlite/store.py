@@ -125,6 +125,11 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 _GROUP_MAX = 64  # writers committed in one transaction at most
 _SHRINK_PAGES = 256  # free pages given back to the file system in one go (see _shrink)
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
+# The WAL is reused from its start after each checkpoint, and kept at the largest it grew to
+# (a burst of large values, a long read holding checkpoints back): above this size it is cut
+# back when reused. Twice the 1,000 pages (4 MiB) that set off a checkpoint, so that under a
+# steady load it never is.
+_WAL_KEPT = 8 * 1024 * 1024
 
 
 _CHUNK = 256  # rows per multi-row statement at most (7 parameters a row)
@@ -323,6 +328,7 @@ class SqliteStore:
                 )
                 conn.execute(f"PRAGMA synchronous={self._synchronous}")
                 conn.execute(f"PRAGMA busy_timeout={self._busy_timeout}")
+                conn.execute(f"PRAGMA journal_size_limit={_WAL_KEPT}")
             except sqlite3.Error as exc:
                 raise _translate(exc) from exc
             self._local.conn = conn
@@ -752,6 +758,9 @@ class SqliteStore:
             with self._writing(transaction=False) as conn:
                 # executescript steps the pragma to its end; execute frees one page a step
                 conn.executescript(f"PRAGMA incremental_vacuum({_SHRINK_PAGES});")
+        # The file itself is cut at the next checkpoint, which small writes would put off for
+        # long (1,000 pages of WAL): run one now. PASSIVE: it waits for nobody.
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         with self._work:
