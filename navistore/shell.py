@@ -218,13 +218,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise errors.InvalidRequest("watch a PREFIX or one --key, not both")
     if args.run and shutil.which(args.run[0]) is None:
         raise errors.InvalidRequest(f"watch: no command {args.run[0]!r} to run")
+    if args.at_start and not args.run:
+        raise errors.InvalidRequest("watch: --at-start runs the command after --; give one")
     seen = 0
     with _client(args) as client:
         try:
+            since = args.since
+            if args.at_start:  # from the index it ran at: nothing after it is missed
+                since = client.status()["last_seq"] if since is None else since
+                _run_on(args, [], since)
             answers = client.watch_batches(
                 args.prefix,
                 key=args.key,
-                since=args.since,
+                since=since,
                 wait=args.wait,
                 values=args.values,
                 on_retry=_retrying,
@@ -234,7 +240,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 if args.count:
                     changes = changes[: args.count - seen]
                 if args.run:
-                    _run_on(args, changes)
+                    _run_on(args, changes, changes[-1].seq)
                 else:
                     for change in changes:
                         print(_change_line(change, args.values), flush=True)
@@ -246,15 +252,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_on(args: argparse.Namespace, changes: list[Change]) -> None:
+def _run_on(args: argparse.Namespace, changes: list[Change], seq: int) -> None:
     """Run the watch's command once for ``changes`` (what one answer brought: a burst of writes
-    is one run, and what commits while it runs comes in the next), with their JSON lines on its
-    stdin. It finds the server in ``NAVISTORE_URL`` (and the token), so ``navistore get`` in it
-    reads from the server watched. A command that fails is said on stderr; the watch goes on."""
+    is one run, and what commits while it runs comes in the next; none for ``--at-start``), with
+    their JSON lines on its stdin, and ``seq`` (the last change's) in its environment. It finds
+    the server in ``NAVISTORE_URL`` (and the token), so ``navistore get`` in it reads from the
+    server watched. A command that fails is said on stderr; the watch goes on."""
     env = {
         **os.environ,
         "NAVISTORE_URL": args.url,
-        "NAVISTORE_WATCH_SEQ": str(changes[-1].seq),
+        "NAVISTORE_WATCH_SEQ": str(seq),
         "NAVISTORE_WATCH_COUNT": str(len(changes)),
     }
     if args.token:
@@ -268,8 +275,8 @@ def _run_on(args: argparse.Namespace, changes: list[Change]) -> None:
             else f"exited with status {done.returncode}"
         )
         print(
-            f"navistore: watch: {shlex.join(args.run)} {how} (changes up to seq "
-            f"{changes[-1].seq}); watching on",
+            f"navistore: watch: {shlex.join(args.run)} {how} (changes up to seq {seq}); "
+            "watching on",
             file=sys.stderr,
             flush=True,
         )
@@ -449,6 +456,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     watch.add_argument("-n", "--count", type=int, help="stop after this many changes")
     watch.add_argument(
         "--values", action="store_true", help="with each change, the value (base64) it wrote"
+    )
+    watch.add_argument(
+        "--at-start",
+        action="store_true",
+        help="run the command once at start too, before any change (as Consul's watch does)",
     )
     watch.set_defaults(func=cmd_watch, run=[])
 

@@ -414,6 +414,38 @@ def test_watch_runs_a_command_for_each_batch_of_changes(nav, server, tmp_path):
     assert f"exited with status 7 (changes up to seq {seq}); watching on".encode() in err
 
 
+def test_watch_at_start_runs_the_command_once_before_any_change(nav, server, tmp_path):
+    # Consul runs a watch's handler at once, so a configuration changed while no watch ran is
+    # applied all the same
+    runs = tmp_path / "runs.jsonl"
+    Client(server.url).put("w/before", b"1")
+    index = Client(server.url).status()["last_seq"]
+    record = (
+        "import json, os, sys; open(sys.argv[1], 'a').write(json.dumps("
+        "[os.environ['NAVISTORE_WATCH_SEQ'], os.environ['NAVISTORE_WATCH_COUNT'], "
+        "[json.loads(line)['key'] for line in sys.stdin]]) + '\\n')"
+    )
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "navistore", "watch", "--url", server.url, "w/", "-n", "1"]
+        + ["--at-start", "--", sys.executable, "-c", record, str(runs)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not runs.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Client(server.url).put("w/after", b"2")
+        _, err = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    got = [json.loads(line) for line in runs.read_text().splitlines()]
+    assert got == [[str(index), "0", []], [str(index + 1), "1", ["w/after"]]]
+    alone = nav("watch", "w/", "--at-start")
+    assert alone.returncode == 2 and b"--at-start runs the command after --" in alone.stderr
+
+
 def test_watch_refuses_a_command_it_cannot_run(nav):
     missing = nav("watch", "w/", "--", "no-such-command-here", "arg")
     assert missing.returncode == 2 and b"no command 'no-such-command-here' to run" in missing.stderr
