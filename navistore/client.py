@@ -100,7 +100,8 @@ class Entry:
     @property
     def text(self) -> str:
         """The value as text: in the charset its content type names (``text/plain;
-        charset=latin-1``), else UTF-8. ``UnicodeDecodeError`` when it is not that."""
+        charset=latin-1``), else UTF-8. ``UnicodeDecodeError`` when it is not that, and
+        ``LookupError`` for a charset Python does not know."""
         charset = "utf-8"
         for parameter in self.content_type.split(";")[1:]:
             name, _, given = parameter.partition("=")
