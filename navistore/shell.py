@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime
 import json
 import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import IO
 
 from navistore import errors
 from navistore.backup import SOURCES, dump, load
@@ -85,18 +89,57 @@ def cmd_get(args: argparse.Namespace) -> int:
             entry = client.get(args.key)
         except errors.KeyNotFound as exc:
             raise _said_what_is_under(client, args.key, exc, "get --prefix", "reads") from None
-    out = open(args.output, "wb") if args.output else sys.stdout.buffer
-    try:
-        out.write(entry.value)
-        if not args.output and entry.value[-1:] not in (b"", b"\n") and sys.stdout.isatty():
-            out.write(b"\n")  # on a terminal, so that the prompt starts a line of its own
-        out.flush()
-    finally:
-        if args.output:
-            out.close()
+    if args.output:
+        with _replacing(args.output) as out:
+            out.write(entry.value)
+    else:
+        sys.stdout.buffer.write(entry.value)
+        if entry.value[-1:] not in (b"", b"\n") and sys.stdout.isatty():
+            sys.stdout.buffer.write(b"\n")  # on a terminal, so that the prompt starts a line
+        sys.stdout.buffer.flush()
     if args.etag:
         print(entry.etag, file=sys.stderr)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[IO[bytes]]:
+    """A file to write that replaces ``path`` whole when the block ends, and leaves it as it was
+    if the block fails: written beside it, then renamed over it, as consul-template writes the
+    files it renders. A service that reads ``get -o``'s file while it is written sees the old
+    value or the new one, never half; a dump cut short leaves no file that looks complete. The
+    file keeps its mode (and owner, when allowed); through a symlink, the file it points to is
+    replaced. A path that is not a regular file (``/dev/stdout``, a FIFO) is written in place."""
+    target = os.path.realpath(path)
+    try:
+        existing: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        with open(target, "wb") as out:
+            yield out
+        return
+    fd, temporary = tempfile.mkstemp(
+        dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        if existing is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # as open() would have made it
+        else:
+            os.chmod(temporary, stat.S_IMODE(existing.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.chown(temporary, existing.st_uid, existing.st_gid)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def cmd_put(args: argparse.Namespace) -> int:
@@ -333,7 +376,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         if args.output in (None, "-"):
             dump(client, sys.stdout.buffer, args.prefix)
         else:
-            with open(args.output, "wb") as out:
+            with _replacing(args.output) as out:
                 dump(client, out, args.prefix)
     return EXIT_OK
 

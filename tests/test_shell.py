@@ -9,8 +9,10 @@ import json
 import os
 import pty
 import re
+import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -115,6 +117,51 @@ def test_a_missing_key_with_keys_under_it_says_how_to_reach_them(nav):
         b"navistore: not found: no key 'my cfg/db/host/more'\n",
     )
     assert nav("get", "my cfg/db/host").stdout == b"h"  # nothing was deleted
+
+
+def test_get_output_replaces_the_file_whole_keeping_its_mode(nav, server, tmp_path):
+    # A watch handler renders a service's configuration with get -o while the service may read
+    # it: the service must see the old file or the new one, never a half-written one.
+    values = [os.urandom(1 << 20), os.urandom(1 << 20)]
+    rendered, link = tmp_path / "app.conf", tmp_path / "current.conf"
+    rendered.write_bytes(b"old")
+    rendered.chmod(0o640)
+    link.symlink_to(rendered)
+    seen: set[bytes] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(link.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n in range(8):
+            Client(server.url).put("conf", values[n % 2])
+            got = nav("get", "conf", "-o", str(link))
+            assert got.returncode == 0, got.stderr
+    finally:
+        done.set()
+        reader.join()
+    assert seen <= {b"old", *values} and len(seen) >= 2
+    assert link.is_symlink() and rendered.read_bytes() == values[1]
+    assert stat.S_IMODE(rendered.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf", "current.conf"]
+    assert nav("get", "conf", "-o", "/dev/null").returncode == 0  # not a file: written in place
+
+
+def test_a_dump_that_fails_leaves_the_file_as_it_was(nav, tmp_path):
+    (tmp_path / "guarded").mkdir()
+    guarded = ServerProcess(["--token", "s3cret"], tmp_path / "guarded")
+    try:
+        (tmp_path / "backup.jsonl").write_bytes(b"yesterday's backup\n")
+        failed = nav("dump", "-o", "backup.jsonl", url=guarded.url)  # no token: 401
+        assert failed.returncode == 4
+    finally:
+        guarded.stop()
+    assert (tmp_path / "backup.jsonl").read_bytes() == b"yesterday's backup\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.jsonl", "guarded"]
 
 
 def test_get_on_a_terminal_ends_the_line_the_value_leaves_open(server, tmp_path):
