@@ -76,20 +76,30 @@ class TokenAuth:
     with read on the keys, or an etcd user with a read-only role).
     """
 
-    def __init__(
-        self, token: str | None, peer_token: str | None = None, read_token: str | None = None
-    ) -> None:
-        self._client = token.encode() if token else None
-        self._peer = peer_token.encode() if peer_token else self._client
-        self._reader = read_token.encode() if read_token else None
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._of: Any = None  # the Settings the tokens below were taken from
+        self._tokens: tuple[bytes | None, bytes | None, bytes | None] = (None, None, None)
+
+    def _current(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(token, peer token, read token), encoded: taken again when the node's settings are
+        new (``navistore serve`` re-reads the token files on SIGHUP)."""
+        settings = self._node.settings
+        if settings is not self._of:
+            client = settings.token.encode() if settings.token else None
+            peer = settings.peer_token.encode() if settings.peer_token else client
+            reader = settings.read_token.encode() if settings.read_token else None
+            self._tokens, self._of = (client, peer, reader), settings
+        return self._tokens
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, params: dict
     ) -> None:
         if not req.path.startswith("/v1"):
             return
+        client, peer_token, reader = self._current()
         peer = getattr(resource, "navistore_auth", "client") == "peer"
-        expected = self._peer if peer else self._client
+        expected = peer_token if peer else client
         if expected is None:
             return
         scheme, _, credential = (req.get_header("Authorization") or "").partition(" ")
@@ -97,7 +107,6 @@ class TokenAuth:
         bearer = scheme.lower() == "bearer"
         if bearer and hmac.compare_digest(given, expected):
             return
-        reader = self._reader
         if reader is not None and not peer and bearer and hmac.compare_digest(given, reader):
             if req.method in ("GET", "HEAD"):
                 return
@@ -139,8 +148,7 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
             AccessLog(AccessLogWriter(json_format=node.settings.log_format == "json"))
         )
     if node.settings.token or node.settings.peer_token:
-        auth = TokenAuth(node.settings.token, node.settings.peer_token, node.settings.read_token)
-        middleware.insert(1, auth)
+        middleware.insert(1, TokenAuth(node))
     app = falcon.App(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     # Compact JSON, and no cycle check (bodies are built here, from plain data): a listing page

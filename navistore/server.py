@@ -32,7 +32,7 @@ from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
 from navistore.errors import SettingsError
 from navistore.node import Node, largest_request
-from navistore.settings import Settings
+from navistore.settings import Settings, reread_tokens
 from navistore.store import dump_json
 
 log = logging.getLogger("navistore")
@@ -425,14 +425,22 @@ def _serve(settings: Settings) -> int:
     # The handler only takes note: an exception raised from it could land inside a connection's
     # handler, where waitress's loop would catch it and carry on.
     received: list[str] = []
+    hangups: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
         received.append(signal.Signals(signum).name)
 
+    def hang_up(signum: int, frame: Any) -> None:
+        hangups.append(signum)
+
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
         while not received:
             poll_once(server, 0.2)
+            if hangups:
+                hangups.clear()
+                _reread_tokens(node)
         log.info("received %s: finishing requests in flight, then stopping", received[0])
         _drain(server, node)
         flush_access_logs()
@@ -442,6 +450,25 @@ def _serve(settings: Settings) -> int:
         node.close()
     log.info("stopped")
     return 0
+
+
+def _reread_tokens(node: Node) -> None:
+    """SIGHUP: read the token files again, so a token is rotated without a restart (as
+    ``consul reload`` does). A file that cannot be read, or tokens that no longer hold together,
+    keep the tokens as they were, and the log says why."""
+    settings = node.settings
+    files = [path for path in (settings.token_file, settings.read_token_file) if path]
+    if not files:
+        log.warning(
+            "received SIGHUP: no token file to read again (--token-file, --read-token-file)"
+        )
+        return
+    try:
+        node.settings = reread_tokens(settings)
+    except SettingsError as exc:
+        log.error("received SIGHUP: the tokens stay as they were: %s", exc.description)
+        return
+    log.info("received SIGHUP: tokens read again from %s", ", ".join(files))
 
 
 def _drain(server: Any, node: Node) -> None:

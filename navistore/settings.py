@@ -270,7 +270,22 @@ def load_settings(
         source = f"{name}_file"
         if source in values and name not in values:
             values[name] = _convert(BY_NAME[name], _read_token(values[source], source), source)
+        elif source in values:  # the token itself was given, and wins: its file is not read
+            del values[source]  # (then or on SIGHUP: see reread_tokens)
     return Settings(**values)
+
+
+def reread_tokens(settings: Settings) -> Settings:
+    """``settings`` with ``token`` and ``read_token`` read again from their files (those given
+    by file; one given by flag or environment stays): what ``navistore serve`` does on SIGHUP,
+    to rotate a token without a restart. ``SettingsError`` when a file cannot be read or the
+    pair no longer holds (the read token the same as the token, say)."""
+    changes = {
+        name: _convert(BY_NAME[name], _read_token(path, f"{name}_file"), f"{name}_file")
+        for name, path in (("token", settings.token_file), ("read_token", settings.read_token_file))
+        if path
+    }
+    return settings.replace(**changes)
 
 
 def _read_token(path: str, setting: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import pytest
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 import navistore.server
+from navistore.client import Client, Forbidden, Unauthorized
 from navistore.node import largest_request
 from navistore.server import SEND_BYTES, JsonErrorTask, make_server, server_options
 from navistore.settings import Settings
-from navistore.testing.servers import ServerProcess
+from navistore.testing.servers import ServerProcess, wait_until
 
 
 def test_waitress_is_tuned_from_the_settings():
@@ -417,3 +419,38 @@ def test_serve_on_an_address_it_cannot_take_says_why_without_a_traceback(tmp_pat
     )
     # the store was opened first, and closed again: another server may have it now
     ServerProcess(["--port", "0"], tmp_path).stop()
+
+
+def test_sighup_reads_the_token_files_again(serve, tmp_path):
+    # Rotating a token without a restart (watches waiting stay), as `consul reload` does
+    token, reading = tmp_path / "token", tmp_path / "read-token"
+    token.write_text("first\n")
+    reading.write_text("r-first\n")
+    server = serve("--token-file", str(token), "--read-token-file", str(reading))
+    Client(server.url, token="first").put("k", b"v")
+    token.write_text("second\n")
+    reading.write_text("r-second\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "tokens read again from" in "".join(server.log), 10)
+    with pytest.raises(Unauthorized):
+        Client(server.url, token="first").get("k")
+    assert Client(server.url, token="second").get("k").value == b"v"
+    assert Client(server.url, token="r-second").get("k").value == b"v"
+    with pytest.raises(Forbidden):
+        Client(server.url, token="r-second").put("k", b"w")
+    # files that no longer make a pair (the read token the same as the token) change nothing
+    reading.write_text("second\n")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "the tokens stay as they were" in "".join(server.log), 10)
+    assert Client(server.url, token="r-second").get("k").value == b"v"
+    assert server.stop() == 0
+
+
+def test_a_token_given_outright_wins_over_its_file_on_sighup_too(serve, tmp_path):
+    (tmp_path / "token").write_text("from-file\n")
+    server = serve("--token", "outright", "--token-file", str(tmp_path / "token"))
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "no token file to read" in "".join(server.log), 10)
+    assert Client(server.url, token="outright").put("k", b"v").created
+    with pytest.raises(Unauthorized):
+        Client(server.url, token="from-file").get("k")
