@@ -32,7 +32,7 @@ from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
 from navistore.errors import SettingsError
 from navistore.node import Node, largest_request
-from navistore.settings import Settings, reread_tokens
+from navistore.settings import Settings, read_token_files
 from navistore.store import dump_json
 
 log = logging.getLogger("navistore")
@@ -464,7 +464,7 @@ def _reread_tokens(node: Node) -> None:
         )
         return
     try:
-        node.settings = reread_tokens(settings)
+        node.settings = read_token_files(settings)
     except SettingsError as exc:
         log.error("received SIGHUP: the tokens stay as they were: %s", exc.description)
         return

@@ -267,25 +267,27 @@ def load_settings(
         elif setting.name in file_values:
             values[setting.name] = _convert(setting, file_values[setting.name], f"in {config}")
     for name in ("token", "read_token"):
-        source = f"{name}_file"
-        if source in values and name not in values:
-            values[name] = _convert(BY_NAME[name], _read_token(values[source], source), source)
-        elif source in values:  # the token itself was given, and wins: its file is not read
-            del values[source]  # (then or on SIGHUP: see reread_tokens)
+        if name in values:  # the token itself was given, and wins: its file is not read,
+            values.pop(f"{name}_file", None)  # then or on SIGHUP
+    values.update(_from_files(values.get("token_file"), values.get("read_token_file")))
     return Settings(**values)
 
 
-def reread_tokens(settings: Settings) -> Settings:
-    """``settings`` with ``token`` and ``read_token`` read again from their files (those given
-    by file; one given by flag or environment stays): what ``navistore serve`` does on SIGHUP,
-    to rotate a token without a restart. ``SettingsError`` when a file cannot be read or the
-    pair no longer holds (the read token the same as the token, say)."""
-    changes = {
+def read_token_files(settings: Settings) -> Settings:
+    """``settings`` with ``token`` and ``read_token`` read from their files (those given by
+    file; one given by flag or environment stays): at start, and again when ``navistore serve``
+    gets a SIGHUP, to rotate a token without a restart. ``SettingsError`` when a file cannot be
+    read or the pair does not hold (the read token the same as the token, say)."""
+    return settings.replace(**_from_files(settings.token_file, settings.read_token_file))
+
+
+def _from_files(token_file: str | None, read_token_file: str | None) -> dict[str, str]:
+    """The tokens the files given hold, by setting name."""
+    return {
         name: _convert(BY_NAME[name], _read_token(path, f"{name}_file"), f"{name}_file")
-        for name, path in (("token", settings.token_file), ("read_token", settings.read_token_file))
+        for name, path in (("token", token_file), ("read_token", read_token_file))
         if path
     }
-    return settings.replace(**changes)
 
 
 def _read_token(path: str, setting: str) -> str:

@@ -104,6 +104,11 @@ def test_the_read_token_comes_with_a_token_and_differs_from_it(tmp_path):
     path.write_text("r-secret\n")
     settings = load_settings(flags={"token": "w", "read_token_file": str(path)}, environ={})
     assert settings.read_token == "r-secret"
+    (tmp_path / "token").write_text("w-secret\n")  # the token from its file, the read one given
+    both = load_settings(
+        flags={"token_file": str(tmp_path / "token"), "read_token": "r"}, environ={}
+    )
+    assert (both.token, both.read_token) == ("w-secret", "r")
     with pytest.raises(SettingsError, match="'read_token' needs 'token' too"):
         load_settings(flags={"read_token": "r"}, environ={})
     with pytest.raises(SettingsError, match="'read_token' must differ from 'token'"):
