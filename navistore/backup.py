@@ -127,6 +127,12 @@ def _records(source: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | None]]:
 SOURCES = ("navistore", "consul", "etcd")  # what load reads: navistore's dump, or an export
 
 
+def counted_in(source: str) -> str:
+    """What ``load`` counts a ``source`` in, in its errors and its progress: a dump's lines (the
+    first of which is its header), or an export's entries."""
+    return "line" if source == "navistore" else "entry"
+
+
 def _exported(path: str, source: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(entry number, the entry as a dumped key) from what ``consul kv export`` or
     ``etcdctl get --prefix "" -w json`` wrote."""
@@ -207,7 +213,7 @@ def load(
 ) -> tuple[int, int]:
     """Restore a dump, or an export of another store (``source``: ``SOURCES``); return (keys
     written, lines or entries skipped because done before). Resumable."""
-    unit = "line" if source == "navistore" else "entry"
+    unit = counted_in(source)
     checkpoint = path + ".progress"
     done_before = 0
     if os.path.exists(checkpoint) and not restart:

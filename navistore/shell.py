@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import IO
 
 from navistore import errors
-from navistore.backup import SOURCES, dump, load
+from navistore.backup import SOURCES, counted_in, dump, load
 from navistore.client import DEFAULT_URL, Change, Client, ClientError, Listed, Unauthorized
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_ERROR = 0, 1, 2, 3, 4
@@ -385,8 +385,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     with _client(args) as client:
         written, resumed = load(client, args.file, restart=args.restart, source=args.source)
     if resumed:
-        unit = "line" if args.source == "navistore" else "entry"
-        print(f"resumed after {unit} {resumed}", file=sys.stderr)
+        print(f"resumed after {counted_in(args.source)} {resumed}", file=sys.stderr)
     return EXIT_OK
 
 
