@@ -285,6 +285,7 @@ class SqliteStore:
         self._closed = False
         self._lock_file: IO[bytes] | None = _lock_exclusively(path)
         self._cache = ReadCache()
+        self._shrinks = False  # the file can give pages back (see _shrink): set below
         try:
             # Before the first table, or it does nothing (a database made before keeps NONE):
             # pages freed by deletions can then be given back to the file system (see _shrink).
@@ -297,7 +298,9 @@ class SqliteStore:
                 _migrate(conn)
                 (counted,) = conn.execute("SELECT last_seq FROM counter WHERE id = 1").fetchone()
                 (newest,) = conn.execute("SELECT max(seq) FROM records").fetchone()
+                (vacuum,) = conn.execute("PRAGMA auto_vacuum").fetchone()  # fixed from here on
             self._last_seq = max(counted, newest or 0)
+            self._shrinks = vacuum == _INCREMENTAL
         except (sqlite3.Error, StoreError) as exc:
             self.close()  # and the lock file with it
             error = exc if isinstance(exc, StoreError) else _translate(exc)
@@ -747,12 +750,12 @@ class SqliteStore:
         go on in between: 256 pages took 1.3 ms (4 KiB pages, 200,000 keys, 3 of 4 deleted).
         In a database made before auto-vacuum was on, free pages stay free for reuse: sqlite can
         give them back only after a VACUUM (README says how)."""
+        if not self._shrinks:
+            return
         conn = self._conn()
         (free,) = conn.execute("PRAGMA freelist_count").fetchone()
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         if free <= _SHRINK_PAGES or free * 4 <= pages:
-            return
-        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             return
         for _ in range(free // _SHRINK_PAGES + 1):  # what writers free meanwhile waits its turn
             with self._writing(transaction=False) as conn:
