@@ -435,9 +435,7 @@ def test_watch_runs_a_command_for_each_batch_of_changes(nav, server, tmp_path):
         time.sleep(1.0)
         client = Client(server.url)
         first = client.put("w/1", b"a")
-        deadline = time.monotonic() + 20
-        while not runs.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(runs.exists, 20)
         # while the first run works, more commit (and one elsewhere): one run for them all (the feed
         # keeps a key's newest change only: w/2's deletion)
         client.put("w/2", b"b")
@@ -478,9 +476,7 @@ def test_watch_at_start_runs_the_command_once_before_any_change(nav, server, tmp
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not runs.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(runs.exists, 20)
         Client(server.url).put("w/after", b"2")
         _, err = watcher.communicate(timeout=30)
     finally:
