@@ -164,18 +164,30 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
         _domain_error(req, resp, exc, params)
 
     app.add_error_handler(errors.NavistoreError, domain_error)
-    app.add_route("/v1/keys", KeysResource(node))
-    app.add_route("/v1/keys/{key:path}", KeyResource(node))
-    app.add_route("/v1/changes", ChangesResource(node))
-    app.add_route("/v1/batch", BatchResource(node))
-    app.add_route("/v1/status", StatusResource(node))
-    app.add_route("/v1/plugins", PluginsResource(node))
-    app.add_route("/healthz", HealthResource(node))
-    app.add_route("/metrics", metrics)
     plugin_routes = [
         route for routes in node.plugins.hook.navistore_routes(node=node) for route in routes or []
     ]
-    for template, resource in plugin_routes:
+    routes = [
+        ("/v1/keys", KeysResource(node)),
+        ("/v1/keys/{key:path}", KeyResource(node)),
+        ("/v1/changes", ChangesResource(node)),
+        ("/v1/batch", BatchResource(node)),
+        ("/v1/status", StatusResource(node)),
+        ("/v1/plugins", PluginsResource(node)),
+        ("/healthz", HealthResource(node)),
+        ("/metrics", metrics),
+        *plugin_routes,
+        ("/openapi.json", OpenApiResource(describe(plugin_routes))),
+    ]
+    for template, resource in routes:
+        _answer_head(resource)
         app.add_route(template, resource)
-    app.add_route("/openapi.json", OpenApiResource(describe(plugin_routes)))
     return app
+
+
+def _answer_head(resource: Any) -> None:
+    """Give a resource that answers GET but not HEAD its GET as HEAD, as HTTP asks of every
+    server (RFC 9110, 9.3.2): a load balancer's health check may send HEAD /healthz. Falcon
+    drops the body of a HEAD answer and keeps the Content-Length GET's body would have had."""
+    if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+        resource.on_head = resource.on_get

@@ -436,6 +436,21 @@ _PATHS: dict[str, Any] = {
 }
 
 
+def _head(get: dict[str, Any]) -> dict[str, Any]:
+    """The HEAD of a route that answers GET (``navistore.app`` gives it one): GET's parameters
+    and answers, without their bodies."""
+    head = {key: value for key, value in get.items() if key not in ("summary", "responses")}
+    head["summary"] = f"{get.get('summary', 'As GET')}: headers only"
+    head["responses"] = {
+        status: {
+            key: value for key, value in answer.items() if key not in ("content", "description")
+        }
+        | {"description": f"{answer.get('description', '')} (no body on HEAD)"}
+        for status, answer in get["responses"].items()
+    }
+    return head
+
+
 def describe(plugin_routes: list[tuple[str, Any]]) -> dict[str, Any]:
     """The OpenAPI document: the core's paths, and those of plugin resources that describe
     themselves."""
@@ -444,6 +459,9 @@ def describe(plugin_routes: list[tuple[str, Any]]) -> dict[str, Any]:
         item = getattr(resource, "openapi", None)
         if item:
             paths[template] = copy.deepcopy(item)
+    for item in paths.values():
+        if "get" in item and "head" not in item:
+            item["head"] = _head(item["get"])
     return {
         "openapi": "3.1.0",
         "info": {

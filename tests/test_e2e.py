@@ -74,6 +74,28 @@ def test_listing_changes_and_system_routes_over_http(server):
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        "/healthz",
+        "/v1/status",
+        "/v1/keys?prefix=l/",
+        "/v1/changes?since=0",
+        "/v1/plugins",
+        "/v1/replication/status",
+        "/v1/replication/peers",
+        "/openapi.json",
+    ],
+)
+def test_every_route_that_answers_get_answers_head(server, path):
+    # HTTP asks it of every server: a load balancer's health check may send HEAD /healthz.
+    got = server.request("GET", path)
+    head = server.request("HEAD", path)
+    assert (head.status, head.body) == (200, b"")
+    assert head.headers["content-length"] == str(len(got.body))
+    assert head.headers["content-type"] == got.headers["content-type"]
+
+
+@pytest.mark.parametrize(
     ("method", "path", "body", "headers", "status"),
     [
         ("PUT", "/v1/keys/%ff", b"v", {}, 400),

@@ -18,16 +18,19 @@ def test_every_route_is_described(node):
     document = falcon.testing.TestClient(app).simulate_get("/openapi.json").json
     assert document["openapi"].startswith("3.")
     described = set(document["paths"])
-    mounted = set()
+    mounted = {}
     for root in app._router._roots:
         stack = [root]
         while stack:
             node_ = stack.pop()
             if node_.resource is not None:
-                mounted.add(node_.uri_template.replace("{key:path}", "{key}"))
+                methods = {m.lower() for m in falcon.HTTP_METHODS} - {"options"}
+                answered = {m for m in methods if hasattr(node_.resource, f"on_{m}")}
+                mounted[node_.uri_template.replace("{key:path}", "{key}")] = answered
             stack.extend(node_.children)
-    assert mounted == described
+    assert set(mounted) == described
     for template, item in document["paths"].items():
+        assert set(item) - {"parameters"} == mounted[template], template
         for method, operation in item.items():
             if method != "parameters":
                 assert operation["responses"], (template, method)
