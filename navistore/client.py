@@ -26,6 +26,7 @@ import dataclasses
 import http.client
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -327,6 +328,45 @@ class Client:
             "PUT", key_path(key), bytes(value), headers, query={"ttl": ttl}
         )
         return Written(key, answer.get("etag", ""), created=status == 201)
+
+    def update(
+        self,
+        key: str,
+        change: Callable[[Entry | None], bytes],
+        content_type: str | None = None,
+        ttl: int | None = None,
+        attempts: int = 10,
+    ) -> Written:
+        """Read ``key``, write ``change(entry)`` over exactly what was read, and return the write:
+        a read-modify-write that no other writer's write can slip into, as the compare-and-set
+        loops of etcd's STM or Consul's ``cas=`` give::
+
+            store.update("counters/runs", lambda e: b"%d" % (int(e.value) + 1 if e else 1))
+
+        ``entry`` is None when the key is absent; the write then only creates it. When another
+        write lands between the read and the write (412), read again and call ``change`` again,
+        after a short random pause, up to ``attempts`` calls in all; then ``PreconditionFailed``.
+        ``change`` may raise to give up: nothing is written. The content type stays the entry's
+        unless given; an expiry does not carry over (``ttl`` sets one, as for ``put``)."""
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        for attempt in range(attempts):
+            if attempt:  # spread the writers that keep colliding: up to 1, 2, 4 ... 64 ms
+                time.sleep(random.random() * 0.001 * 2 ** min(attempt - 1, 6))
+            try:
+                current: Entry | None = self.get(key)
+            except errors.KeyNotFound:
+                current = None
+            value = change(current)
+            try:
+                if current is None:
+                    return self.put(key, value, content_type, ttl, if_none_match="*")
+                kept = content_type or current.content_type
+                return self.put(key, value, kept, ttl, if_match=current.etag)
+            except errors.PreconditionFailed:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def delete(self, key: str, if_match: str | None = None) -> None:
         self.request("DELETE", key_path(key), headers={"If-Match": if_match} if if_match else None)

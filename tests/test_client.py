@@ -152,6 +152,58 @@ def test_get_prefix_reads_values_a_page_per_request(server, client):
     assert 0 < entries[1].expires_at - time.time() <= 600
 
 
+def _increment(entry):
+    return b"%d" % (int(entry.value) + 1 if entry else 1)
+
+
+def test_update_loses_no_increment_to_writers_racing_it(client):
+    def bump() -> None:
+        for _ in range(25):
+            client.update("counters/runs", _increment)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.get("counters/runs").value == b"100"
+
+
+def test_update_creates_keeps_the_content_type_and_gives_up_when_told(client):
+    created = client.update("cfg", lambda entry: b"1" if entry is None else b"wrong")
+    assert created.created and client.get("cfg").value == b"1"
+    client.put("cfg", b'{"rate": 1}', content_type="application/json")
+    written = client.update("cfg", lambda entry: entry.value.replace(b"1", b"2"))
+    entry = client.get("cfg")
+    assert (entry.value, entry.content_type, entry.etag) == (
+        b'{"rate": 2}',
+        "application/json",
+        written.etag,
+    )
+
+    def refuse(entry):
+        raise LookupError("not this time")
+
+    with pytest.raises(LookupError):
+        client.update("cfg", refuse)
+    assert client.get("cfg").etag == written.etag
+
+
+def test_update_reads_again_after_a_conflict_and_stops_after_its_attempts(client):
+    seen = []
+
+    def collide(entry):  # another writer lands between each read and its write
+        seen.append(entry.value)
+        client.put("contended", b"%d" % (int(entry.value) + 10))
+        return entry.value + b"!"
+
+    client.put("contended", b"0")
+    with pytest.raises(errors.PreconditionFailed):
+        client.update("contended", collide, attempts=3)
+    assert seen == [b"0", b"10", b"20"]  # each attempt saw the write that beat the one before
+    assert client.get("contended").value == b"30"
+
+
 def test_batch_encodes_values(client):
     results = client.batch(
         [
