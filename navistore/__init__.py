@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from navistore import errors
 from navistore._version import __version__
 from navistore.hookspecs import hookimpl
-from navistore.record import ABSENT, ANY, PRESENT, Clock, Expect, Record
+from navistore.record import ABSENT, ANY, PRESENT, Check, Clock, Expect, Record
 from navistore.replication import Replication, Replicator
 from navistore.settings import Settings, load_settings
 from navistore.store import (
@@ -50,6 +50,7 @@ __all__ = [
     "ABSENT",
     "ANY",
     "Backend",
+    "Check",
     "Clock",
     "Expect",
     "Node",

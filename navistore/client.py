@@ -448,8 +448,14 @@ class Client:
             after = page["next"]
 
     def batch(self, ops: Sequence[dict[str, Any]]) -> builtins.list[Written]:
-        """Write and delete several keys, all or nothing. Each op is a dict as in the REST API;
-        a ``value`` given as bytes is base64-encoded for you."""
+        """Write and delete several keys, all or nothing, if every check holds. Each op is a dict
+        as in the REST API; a ``value`` given as bytes is base64-encoded for you. A check's
+        result carries the etag the key holds ("" when absent)::
+
+            store.batch([
+                {"op": "check", "key": "app/schema", "if_match": schema.etag},
+                {"op": "put", "key": "app/db/host", "value": b"10.0.0.6"},
+            ])"""
         encoded = []
         for op in ops:
             op = dict(op)
@@ -458,7 +464,7 @@ class Client:
             encoded.append(op)
         body = json.dumps({"ops": encoded}).encode()
         answer = self._json("POST", "/v1/batch", body, {"Content-Type": "application/json"})
-        return [Written(r["key"], r["etag"]) for r in answer["results"]]
+        return [Written(r["key"], r["etag"] or "") for r in answer["results"]]
 
     # -- changes ----------------------------------------------------------------------------
 

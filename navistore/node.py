@@ -52,6 +52,7 @@ from navistore.record import (
     DEFAULT_CONTENT_TYPE,
     NODE_ID_PATTERN,
     PRESENT,
+    Check,
     Clock,
     Expect,
     Record,
@@ -610,14 +611,18 @@ class Node:
                 self.clock.observe(exc.stored)
                 continue
             for stored, _ in results:
-                self.committed(stored, "local")
+                if not isinstance(stored, Check):  # a condition only: nothing was written
+                    self.committed(stored, "local")
             return results
         raise StaleStamp("could not stamp the batch past the stored stamps")
 
-    def batch(self, ops: Any) -> builtins.list[Record]:
-        """Check and commit a batch of put/delete operations, all or nothing (``POST /v1/batch``).
+    def batch(self, ops: Any) -> builtins.list[Record | None]:
+        """Check and commit a batch of put, delete and check operations, all or nothing
+        (``POST /v1/batch``). Return what each operation leaves under its key: the record a put
+        or delete wrote, or the live record a check found (None: the key is absent).
 
         Every error names the index of the first operation that failed; nothing is written then.
+        A check needs a backend with the ``checks`` capability (``InvalidRequest`` otherwise).
         """
         if not isinstance(ops, list) or not ops:
             raise InvalidRequest('a batch is {"ops": [...]} with 1 to 128 operations')
@@ -640,7 +645,7 @@ class Node:
                 current=exc.current,
                 index=index,
             ) from None
-        return [stored for stored, _ in results]
+        return [live if isinstance(stored, Check) else stored for stored, live in results]
 
     def _batch_item(self, op: Any) -> tuple[Record, Expect | str]:
         if not isinstance(op, dict):
@@ -649,10 +654,12 @@ class Node:
         if unknown:
             raise InvalidRequest(f"unknown fields {', '.join(sorted(unknown))}")
         kind, key = op.get("op"), op.get("key")
-        if kind not in ("put", "delete"):
-            raise InvalidRequest('"op" must be "put" or "delete"')
+        if kind not in ("put", "delete", "check"):
+            raise InvalidRequest('"op" must be "put", "delete" or "check"')
         if not isinstance(key, str):
             raise InvalidRequest('"key" must be a string')
+        if kind == "check":
+            return self._batch_check(op, key)
         expect = _batch_expect(op, PRESENT if kind == "delete" else ANY)
         if kind == "delete":
             check_key(key)
@@ -671,6 +678,23 @@ class Node:
         if content_type is not None and not isinstance(content_type, str):
             raise InvalidRequest('"content_type" must be a string')
         return self.make_record(key, raw, content_type, ttl), expect
+
+    def _batch_check(self, op: dict, key: str) -> tuple[Record, Expect | str]:
+        """A check operation: a condition on a key that the batch does not write."""
+        if "checks" not in self.backend.capabilities:
+            raise InvalidRequest(
+                f"the {self.backend.name} backend cannot check a key it does not write "
+                "(it does not declare the checks capability): write the key with if_match"
+            )
+        unknown = set(op) - {"op", "key", "if_match", "if_none_match"}
+        if unknown:
+            raise InvalidRequest(
+                f"a check takes if_match or if_none_match, not {', '.join(sorted(unknown))}"
+            )
+        if op.get("if_match") is None and op.get("if_none_match") is None:
+            raise InvalidRequest("a check needs if_match (an etag, or *) or if_none_match (*)")
+        check_key(key)
+        return Check(key=key), _batch_expect(op, ANY)
 
     def merge(self, record: Record, origin: str = "peer") -> Record | None:
         """Apply a replicated record: stored only if its stamp wins. Return it, or None."""

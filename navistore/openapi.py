@@ -198,7 +198,11 @@ _SCHEMAS: dict[str, Any] = {
                     "required": ["op", "key"],
                     "additionalProperties": False,
                     "properties": {
-                        "op": {"enum": ["put", "delete"]},
+                        "op": {
+                            "enum": ["put", "delete", "check"],
+                            "description": "check: hold the key to if_match or if_none_match, "
+                            "write nothing (a backend with the checks capability)",
+                        },
                         "key": {"type": "string", "minLength": 1},
                         "value": {"type": "string", "format": "byte"},
                         "content_type": {
@@ -217,7 +221,22 @@ _SCHEMAS: dict[str, Any] = {
     "BatchResult": {
         "type": "object",
         "required": ["results"],
-        "properties": {"results": {"type": "array", "items": _ref("Written")}},
+        "properties": {
+            "results": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "etag"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "etag": {
+                            "type": ["string", "null"],
+                            "description": "what the key holds now; a check of an absent key: null",
+                        },
+                    },
+                },
+            }
+        },
     },
     "Status": {
         "type": "object",
@@ -345,7 +364,9 @@ _PATHS: dict[str, Any] = {
     },
     "/v1/batch": {
         "post": {
-            "summary": f"Up to {MAX_BATCH_OPS} writes and deletes, all or nothing, at most 8 MiB",
+            "summary": (
+                f"Up to {MAX_BATCH_OPS} writes, deletes and checks, all or nothing, at most 8 MiB"
+            ),
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("BatchRequest")}},

@@ -87,6 +87,15 @@ class Record(_Fields):
 _FIELDS = frozenset(_Fields._fields)
 
 
+class Check(Record):
+    """A batch item that writes nothing: ``commit_many`` holds the item's condition against the
+    key, in the same atomic step as the other items, as etcd's transaction compares a key or
+    Consul's checks its index. Only a backend that declares the ``checks`` capability is handed
+    one (``Check(key)``; Node stamps it as it stamps every item, and a store ignores the stamp)."""
+
+    __slots__ = ()
+
+
 class Expect(enum.Enum):
     """What a write requires of the live record; a stamp string requires exactly that version."""
 

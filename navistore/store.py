@@ -52,7 +52,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from navistore.errors import PreconditionFailed, SettingsError, StaleStamp
-from navistore.record import Expect, Record, holds
+from navistore.record import Check, Expect, Record, holds
 
 #: Capabilities a backend may declare. The conformance suite skips (with this reason) what is not.
 CAPABILITIES = {
@@ -61,6 +61,7 @@ CAPABILITIES = {
     "persistent": "data survives close() and reopening the same URL",
     "concurrent": "several threads may commit at once, each commit atomic",
     "shared": "several stores (nodes) may open one URL at once; seqs stay gap-free among them",
+    "checks": "commit_many takes Check items: a condition on a key, nothing written for it",
 }
 
 
@@ -88,6 +89,9 @@ class Store(Protocol):
         """Commit several records, all or nothing, in order (a later item sees an earlier one).
 
         A failing precondition raises ``PreconditionFailed`` with ``index`` set to its position.
+        With the ``checks`` capability, an item's record may be a ``Check``: its condition holds
+        or the whole call fails as for a write, nothing is written for it (no seq, no stamp
+        check), and its answer is (the ``Check``, the live record it found or None).
         """
         ...
 
@@ -224,13 +228,19 @@ def check_writes(
     the writer's items before it, for a backend that commits several writers in one transaction:
     ``current`` is what the store holds for every key (None: nothing). Raise as ``check_write``
     does, naming the item's index in a batch; return (record, live record it replaces) per item.
+    A ``Check`` item is held to its condition only, and is not to be written (see ``commit_many``).
     ``current`` is left as it was: the caller writes the items, then records them there."""
     results = []
     mine: dict[str, Record] = {}
     for index, (record, expect) in enumerate(items):
         stored = mine.get(record.key) or current[record.key]
-        live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
-        mine[record.key] = record
+        where = index if len(items) > 1 else None
+        if isinstance(record, Check):
+            live = stored if stored is not None and stored.live(now) else None
+            check_precondition(expect, live, where)
+        else:
+            live = check_write(record, stored, expect, now, where)
+            mine[record.key] = record
         results.append((record, live))
     return results
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from navistore import Backend, check_precondition, hookimpl
+from navistore import Backend, Check, Record, check_precondition, hookimpl
 from navistore_sqlite.store import SqliteStore
 
 
@@ -92,6 +92,32 @@ class ListingNextWhenFull(SqliteStore):
         return text, entries[-1]["key"] if len(entries) == limit else None
 
 
+class WritesItsChecks(SqliteStore):
+    """commit_many writes a Check as if it were a put of an empty value."""
+
+    def commit_many(self, items):
+        return super().commit_many([(Record(*record), expect) for record, expect in items])
+
+
+class ChecksOutsideTheCommit(SqliteStore):
+    """commit_many holds its Checks to their conditions, sleeps, then commits the writes."""
+
+    def commit_many(self, items):
+        checks = [n for n, (record, _) in enumerate(items) if isinstance(record, Check)]
+        if not checks:
+            return super().commit_many(items)
+        found = {}
+        for n in checks:
+            record, expect = items[n]
+            found[n] = self.get(record.key)
+            check_precondition(expect, found[n], n)
+        time.sleep(0.05)
+        written = iter(
+            super().commit_many([item for n, item in enumerate(items) if n not in found])
+        )
+        return [(items[n][0], found[n]) if n in found else next(written) for n in range(len(items))]
+
+
 BROKEN = {
     "broken-merge": OlderMergeWins,
     "broken-scan": InsertionOrderScan,
@@ -101,8 +127,10 @@ BROKEN = {
     "broken-nul": TruncatesAtNul,
     "broken-seq": ReusesSeqAfterPurge,
     "broken-listing": ListingNextWhenFull,
+    "broken-check-written": WritesItsChecks,
+    "broken-check-race": ChecksOutsideTheCommit,
 }
-ALL = {"ttl", "batch", "persistent", "concurrent"}
+ALL = {"ttl", "batch", "checks", "persistent", "concurrent"}
 
 
 def _factory(cls, scheme):

@@ -80,7 +80,12 @@ def test_a_failed_condition_names_the_operation_and_writes_nothing(client, node)
         ({"op": "put", "key": "k", "value": 5}, "base64 string"),
         ({"op": "put", "key": "k", "ttl": 0}, "31536000"),
         ({"op": "put", "key": "k", "ttl": "60"}, "31536000"),
-        ({"op": "upsert", "key": "k"}, '"put" or "delete"'),
+        ({"op": "upsert", "key": "k"}, '"put", "delete" or "check"'),
+        ({"op": "check", "key": "k"}, "a check needs if_match"),
+        ({"op": "check", "key": "k", "if_match": None}, "a check needs if_match"),
+        ({"op": "check", "key": "k", "if_match": "*", "value": ""}, "not value"),
+        ({"op": "check", "key": "", "if_match": "*"}, "the key is empty"),
+        ({"op": "check", "key": "k", "if_match": "abc"}, "etag with its quotes"),
         ({"op": "put", "key": 7}, '"key" must be a string'),
         ({"op": "put", "key": "k", "if_match": "abc"}, "etag with its quotes"),
         ({"op": "put", "key": "k", "if_none_match": '"x"'}, 'only "*"'),
@@ -128,3 +133,21 @@ def test_batch_limits(client, make_node):
 def test_a_malformed_body_is_refused(client, body, headers, status):
     answer = client.simulate_post("/v1/batch", body=body, headers=headers)
     assert answer.status_code == status and answer.json["description"]
+
+
+def test_a_check_needs_a_backend_that_declares_checks(tmp_path):
+    from navistore.node import Node
+    from navistore_sqlite.store import SqliteStore
+
+    # The same store, handed over without its Backend: no capability is declared.
+    node = Node(store=SqliteStore(str(tmp_path / "bare.db")))
+    try:
+        answer = post(
+            falcon.testing.TestClient(create_app(node)),
+            [{"op": "put", "key": "k", "value": ""}, {"op": "check", "key": "k", "if_match": "*"}],
+        )
+        assert answer.status_code == 400 and answer.json["index"] == 1
+        assert "checks capability" in answer.json["description"]
+        assert node.last_seq() == 0
+    finally:
+        node.close()

@@ -215,6 +215,23 @@ def test_batch_encodes_values(client):
     assert client.get("b1").value == b"\x00\xff" and client.get("b1").etag == results[0].etag
 
 
+def test_batch_checks_keys_it_does_not_write(client):
+    schema = client.put("app/schema", b"3")
+    ops = [
+        {"op": "check", "key": "app/schema", "if_match": schema.etag},
+        {"op": "check", "key": "app/lock", "if_none_match": "*"},
+        {"op": "put", "key": "app/db/host", "value": b"10.0.0.6"},
+    ]
+    checked, absent, written = client.batch(ops)
+    assert (checked.etag, absent.etag) == (schema.etag, "")
+    assert client.get("app/db/host").etag == written.etag
+    client.put("app/lock", b"mine")
+    with pytest.raises(errors.PreconditionFailed) as failed:
+        client.batch(ops)
+    assert failed.value.index == 1
+    assert client.get("app/db/host").etag == written.etag
+
+
 def test_watch_yields_changes_as_they_commit(client):
     seen = []
 

@@ -100,6 +100,14 @@ def failed_tests(result) -> set[str]:
         ),
         ("broken-seq", {"test_a_seq_is_never_reused_after_a_purge"}),
         (
+            "broken-check-written",
+            {
+                "test_a_check_holds_its_key_to_a_condition_and_writes_nothing",
+                "test_a_batch_writes_only_while_its_checks_hold",
+            },
+        ),
+        ("broken-check-race", {"test_a_check_that_holds_commits_before_the_write_that_breaks_it"}),
+        (
             "broken-listing",
             {
                 "test_scan_listing_agrees_with_scan",
@@ -130,7 +138,7 @@ def test_a_backend_without_capabilities_skips_their_tests_with_the_reason(suite_
     assert outcomes["passed"] > 30 and outcomes["skipped"] >= 8
     skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
     assert skipped and all("does not declare capability" in line for line in skipped)
-    for capability in ("ttl", "batch", "persistent", "concurrent"):
+    for capability in ("ttl", "batch", "checks", "persistent", "concurrent"):
         assert any(f"'{capability}'" in line for line in skipped), capability
 
 
@@ -211,7 +219,7 @@ def test_navistore_conformance_reports_on_sqlite(tmp_path):
     result = conformance(["--examples", "20", f"sqlite:///{tmp_path}/c.db"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "backend sqlite; capabilities: batch, concurrent, persistent, ttl" in out
+    assert "backend sqlite; capabilities: batch, checks, concurrent, persistent, ttl" in out
     assert "  PASS  test_merge_is_idempotent" in out and "  PASS  test_the_change_feed" in out
     passed = int(re.search(r"^(\d+) passed, 0 failed, 1 skipped$", out, re.M).group(1))
     assert passed > 60

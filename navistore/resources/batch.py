@@ -19,5 +19,10 @@ class BatchResource:
         body = read_json(req, MAX_BATCH_BYTES)
         if not isinstance(body, dict) or set(body) != {"ops"}:
             raise InvalidRequest('the body must be {"ops": [...]}')
-        records = self.node.batch(body["ops"])
-        resp.media = {"results": [{"key": r.key, "etag": r.etag} for r in records]}
+        records = self.node.batch(body["ops"])  # a check of an absent key: None
+        resp.media = {
+            "results": [
+                {"key": op["key"], "etag": None if record is None else record.etag}
+                for op, record in zip(body["ops"], records, strict=True)
+            ]
+        }

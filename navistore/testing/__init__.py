@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from navistore.testing.http import HttpSuite
     from navistore.testing.replication import ReplicationSuite
 
-SUITE_VERSION = "1.4"
+SUITE_VERSION = "1.5"
 
 # The suite's modules are imported on first use, not with this package: pytest rewrites their
 # asserts (so failures explain themselves) only when it imports them after loading the plugin.

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from navistore.errors import PreconditionFailed, StaleStamp
-from navistore.record import ABSENT, ANY, PRESENT, Record, make_stamp
+from navistore.record import ABSENT, ANY, PRESENT, Check, Record, make_stamp
 from navistore.store import listing_entry, scan_page
 from navistore.testing._plugin import SuiteFixtures, requires
 from navistore.testing.statemachine import run_state_machine
@@ -381,6 +381,95 @@ class BackendSuite(SuiteFixtures):
         assert failed.value.index == 2
         assert store.get("new") is None and store.get("exists").value == b"1"
         assert store.last_seq() == before
+
+    # -- checks (commit_many items that write nothing) --------------------------------------
+
+    @requires("batch", "checks")
+    def test_a_check_holds_its_key_to_a_condition_and_writes_nothing(self, store, stamps):
+        guard, _ = store.commit(record("guard", b"v1", stamps.next()), ANY)
+        before = store.last_seq()
+        # A Check carries no stamp a store may compare (Node stamps it; the store ignores it).
+        results = store.commit_many(
+            [
+                (Check("guard"), guard.stamp),
+                (Check("guard"), PRESENT),
+                (Check("absent"), ABSENT),
+                (record("w", b"1", stamps.next()), ANY),
+            ]
+        )
+        assert [type(r) for r, _ in results] == [Check, Check, Check, Record]
+        assert [(live.key, live.stamp, live.value) for _, live in results[:2]] == [
+            ("guard", guard.stamp, b"v1"),
+            ("guard", guard.stamp, b"v1"),
+        ]
+        assert results[2][1] is None
+        assert store.last_seq() == before + 1  # only the write took a seq
+        assert keys_of(store.changes(before)) == ["w"]
+        assert store.get("guard").stamp == guard.stamp and store.get("absent") is None
+
+    @requires("batch", "checks")
+    def test_a_check_that_fails_fails_the_whole_call(self, store, stamps):
+        guard, _ = store.commit(record("guard", b"v1", stamps.next()), ANY)
+        store.commit(record("gone", b"v", stamps.next()), ANY)
+        store.commit(record("gone", b"", stamps.next(), deleted=True), ANY)
+        before = store.last_seq()
+        for key, expect in [
+            ("guard", Stamps.at(1, "another")),  # another version
+            ("guard", ABSENT),
+            ("absent", PRESENT),
+            ("absent", guard.stamp),
+            ("gone", PRESENT),  # a tombstone is absent
+        ]:
+            with pytest.raises(PreconditionFailed) as failed:
+                store.commit_many([(record("w", b"1", stamps.next()), ANY), (Check(key), expect)])
+            assert failed.value.index == 1, (key, expect)
+        assert store.get("w") is None and store.last_seq() == before
+
+    @requires("batch", "checks")
+    def test_a_check_sees_the_items_before_it(self, store, stamps):
+        store.commit(record("old", b"v", stamps.next()), ANY)
+        results = store.commit_many(
+            [
+                (record("new", b"n", stamps.next()), ABSENT),
+                (Check("new"), PRESENT),
+                (record("old", b"", stamps.next(), deleted=True), PRESENT),
+                (Check("old"), ABSENT),
+            ]
+        )
+        assert results[1][1] is not None and results[1][1].value == b"n"
+        assert results[3][1] is None
+        with pytest.raises(PreconditionFailed) as failed:
+            store.commit_many([(record("x", b"1", stamps.next()), ANY), (Check("x"), ABSENT)])
+        assert failed.value.index == 1
+
+    @requires("batch", "checks", "concurrent")
+    def test_a_check_that_holds_commits_before_the_write_that_breaks_it(self, store, stamps):
+        # A writer checks "guard" and writes its own key while another thread rewrites "guard":
+        # either the check held and its write took a seq before the rewrite, or it failed and
+        # wrote nothing. A check read outside the commit's atomic step lets both happen.
+        for n in range(40):
+            guard, _ = store.commit(record("guard", b"%d" % n, stamps.next()), ANY)
+            checked: list = []
+            mine, theirs = (
+                record(f"w/{n}", b"1", stamps.next()),
+                record("guard", b"x", stamps.next()),
+            )
+
+            def check(mine=mine, guard=guard, checked=checked):
+                try:
+                    checked.append(store.commit_many([(Check("guard"), guard.stamp), (mine, ANY)]))
+                except PreconditionFailed:
+                    checked.append(None)
+
+            thread = threading.Thread(target=check)
+            thread.start()
+            rewritten, _ = store.commit(theirs, ANY)
+            thread.join()
+            if checked[0] is None:
+                assert store.get(f"w/{n}") is None
+            else:
+                assert checked[0][1][0].seq < rewritten.seq
+        assert store.get("guard").value == b"x"
 
     # -- merge ------------------------------------------------------------------------------
 

@@ -254,6 +254,28 @@ class HttpSuite(SuiteFixtures):
         assert [r["key"] for r in done.json["results"]] == ["b", "a"]
         assert client.simulate_get("/v1/keys/a").content == b"3"
 
+    @requires("batch", "checks")
+    def test_a_batch_writes_only_while_its_checks_hold(self, client, node):
+        etag = client.simulate_put("/v1/keys/schema", body=b"3").headers["etag"]
+        ops = [
+            {"op": "check", "key": "schema", "if_match": etag},
+            {"op": "check", "key": "lock", "if_none_match": "*"},
+            {"op": "put", "key": "db/host", "value": "MTAuMC4wLjY="},
+        ]
+        since = node.last_seq()
+        done = client.simulate_post("/v1/batch", json={"ops": ops})
+        assert done.status_code == 200, done.text
+        results = done.json["results"]
+        assert [(r["key"], r["etag"]) for r in results[:2]] == [("schema", etag), ("lock", None)]
+        assert results[2]["etag"] == client.simulate_get("/v1/keys/db/host").headers["etag"]
+        feed = client.simulate_get("/v1/changes", params={"since": str(since)}).json["changes"]
+        assert [change["key"] for change in feed] == ["db/host"]  # a check writes nothing
+        client.simulate_put("/v1/keys/schema", body=b"4")
+        ops[2]["value"] = "MTAuMC4wLjc="
+        failed = client.simulate_post("/v1/batch", json={"ops": ops})
+        assert failed.status_code == 412 and failed.json["index"] == 0
+        assert client.simulate_get("/v1/keys/db/host").content == b"10.0.0.6"
+
     def test_a_watch_wakes_on_a_write(self, client, node):
         client.simulate_put("/v1/keys/seed", body=b"x")
         since = node.last_seq()

@@ -14,6 +14,6 @@ def navistore_backends() -> list[Backend]:
             schemes=("postgresql", "postgres"),
             factory=PostgresStore.from_url,
             description="PostgreSQL via psycopg 3: many stateless nodes can share one database",
-            capabilities={"ttl", "batch", "persistent", "concurrent", "shared"},
+            capabilities={"ttl", "batch", "checks", "persistent", "concurrent", "shared"},
         )
     ]

@@ -47,7 +47,7 @@ from navistore.errors import (
     StoreError,
     StoreFull,
 )
-from navistore.record import Expect, Record
+from navistore.record import Check, Expect, Record
 from navistore.store import check_writes, listing_json, prefix_end, scan_page
 
 log = logging.getLogger("navistore.postgres")
@@ -459,6 +459,9 @@ class PostgresStore:
                     continue
                 writer.result = []
                 for record, live in checked:
+                    if isinstance(record, Check):  # a condition only: nothing to write
+                        writer.result.append((record, live))
+                        continue
                     stored = self._as_stored(record, writes.next_seq(record.key))
                     current[record.key] = stored
                     rows.append(stored)

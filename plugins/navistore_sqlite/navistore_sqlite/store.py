@@ -37,7 +37,7 @@ from navistore.errors import (
     StoreError,
     StoreFull,
 )
-from navistore.record import Expect, Record
+from navistore.record import Check, Expect, Record
 from navistore.store import check_writes, prefix_end
 from navistore_sqlite.cache import MISS, ReadCache
 
@@ -562,10 +562,13 @@ class SqliteStore:
                 except (PreconditionFailed, StaleStamp) as exc:
                     waiter.error = exc
                     continue
-                first = self._next_seqs(len(waiter.result))
-                for offset, (record, live) in enumerate(waiter.result):
+                # A Check is a condition only: it writes nothing (see navistore.Store).
+                writes = [n for n, (r, _) in enumerate(waiter.result) if not isinstance(r, Check)]
+                first = self._next_seqs(len(writes))
+                for offset, n in enumerate(writes):
+                    record, live = waiter.result[n]
                     stored = _as_stored(record, first + offset)
-                    waiter.result[offset] = (stored, live)
+                    waiter.result[n] = (stored, live)
                     self._note_replaced(current[record.key], stored)
                     replaced.append(current[record.key])
                     current[record.key] = stored
