@@ -275,6 +275,11 @@ class HttpSuite(SuiteFixtures):
         failed = client.simulate_post("/v1/batch", json={"ops": ops})
         assert failed.status_code == 412 and failed.json["index"] == 0
         assert client.simulate_get("/v1/keys/db/host").content == b"10.0.0.6"
+        before = node.last_seq()
+        only = [{"op": "check", "key": "db/host", "if_match": results[2]["etag"]}]
+        alone = client.simulate_post("/v1/batch", json={"ops": only})  # checks and no write
+        assert alone.json == {"results": [{"key": "db/host", "etag": results[2]["etag"]}]}
+        assert node.last_seq() == before
 
     def test_a_watch_wakes_on_a_write(self, client, node):
         client.simulate_put("/v1/keys/seed", body=b"x")
