@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     _wrk.ensure_wrk()
     from navistore_postgres.throwaway import ThrowawayPostgres
 
-    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    folder = scratch("navistore-bench-")
     results: dict[tuple[str, str], _wrk.Result] = {}
     with ThrowawayPostgres(fsync=True) as postgres:
         servers = {

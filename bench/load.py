@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess, free_port, wait_until  # noqa: E402
@@ -110,7 +110,7 @@ def measure(
     seconds: float, threads: int, rounds: int, cpus: str = ""
 ) -> tuple[dict[tuple[str, str, int], _wrk.Result], dict[tuple[str, int], float]]:
     """Medians per (workload, server, connections), and the median ratio per (workload, conns)."""
-    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    folder = scratch("navistore-bench-")
     pinned = ["--cpus", cpus] if cpus else []
     navistore = ServerProcess(
         ["--threads", str(threads), "--store", "sqlite:///bench.db", *pinned], folder

@@ -32,7 +32,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
 import stub  # noqa: E402
+from _scratch import scratch  # noqa: E402
 from load import KEYS, WORKLOADS, load_keys, start_stub  # noqa: E402
 from revisions import cpu_seconds  # noqa: E402
 
@@ -81,7 +81,7 @@ class LeavingOut(ServerProcess):
 
 
 def over_http(seconds: float, rounds: int, cpus: str) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="navistore-put-floor-"))
+    folder = scratch("navistore-put-floor-")
     pinned = ["--cpus", cpus] if cpus else []
     navistore = ServerProcess(["--store", "sqlite:///bench.db", *pinned], folder)
     no_write = LeavingOut("write", ["--store", "sqlite:///nowrite.db", *pinned], folder)
@@ -170,7 +170,7 @@ def in_process() -> None:
     from navistore.settings import load_settings
     from navistore_sqlite.store import SqliteStore
 
-    folder = tempfile.mkdtemp(prefix="navistore-put-floor-")
+    folder = str(scratch("navistore-put-floor-"))
     store = f"sqlite:///{os.path.join(folder, 'inprocess.db')}"
     node = Node(load_settings(flags={"store": store}, environ={}))
     node.start()

@@ -19,10 +19,11 @@ import http.client
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from _scratch import scratch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--backlog", type=int, default=20000)
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    folder = scratch("navistore-bench-")
     port_a, port_b = free_port(), free_port()
     quiet = {"NAVISTORE_PEER_PUSH_BACKOFF_MAX": "0.5"}
     a = ServerProcess(

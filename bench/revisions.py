@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _wrk  # noqa: E402
+from _scratch import scratch  # noqa: E402
 from load import WORKLOADS, load_keys  # noqa: E402
 
 from navistore.testing.servers import ServerProcess  # noqa: E402
@@ -48,7 +48,7 @@ def cpu_seconds(pid: int) -> float:
 
 def serve(tree: Path, cpus: str) -> ServerProcess:
     path = [str(tree), *(str(tree / "plugins" / name) for name in PLUGINS)]
-    folder = Path(tempfile.mkdtemp(prefix="navistore-revisions-"))
+    folder = scratch("navistore-revisions-")
     return ServerProcess(
         ["--store", "sqlite:///bench.db", *(["--cpus", cpus] if cpus else [])],
         folder,
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     _wrk.ensure_wrk()
     lua = WORKLOADS[args.workload]
-    worktree = Path(tempfile.mkdtemp(prefix="navistore-revision-")) / "tree"
+    worktree = scratch("navistore-revision-") / "tree"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.revision],
         check=True,

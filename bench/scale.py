@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _scratch import scratch  # noqa: E402
 from load import median_result  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--cpus", default="", help="navistore serve --cpus (default: none)")
     args = parser.parse_args()
     _wrk.ensure_wrk()
-    folder = Path(tempfile.mkdtemp(prefix="navistore-scale-"))
+    folder = scratch("navistore-scale-")
     pinned = ["--cpus", args.cpus] if args.cpus else []
     server = ServerProcess(["--store", "sqlite:///scale.db", *pinned], folder)
     try:

@@ -23,10 +23,11 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _scratch import scratch
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # after PYTHONPATH
 
@@ -48,7 +49,7 @@ def cpu_per_call(call: Callable[[], object], seconds: float = 0.5) -> float:
 
 
 def measure(size: int, keys: int) -> dict[str, float]:
-    store = SqliteStore(str(Path(tempfile.mkdtemp(prefix="navistore-values-")) / "v.db"))
+    store = SqliteStore(str(scratch("navistore-values-") / "v.db"))
     names = [f"k/{i:06d}" for i in range(keys)]
     stamps = iter(range(1, 1 << 40))
 

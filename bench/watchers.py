@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, store: list[str]) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="navistore-bench-"))
+    folder = scratch("navistore-bench-")
     server = ServerProcess(
         ["--threads", "8", "--max-watchers", str(args.watchers + 8), *store], folder
     )
