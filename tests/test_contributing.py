@@ -55,6 +55,7 @@ def test_the_guide_plugin_installs_and_passes_the_suite(tmp_path):
     summary = run.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed, \d+ skipped", summary), summary
     assert "does not declare capability 'persistent'" in run.stdout
+    assert "capability 'checks'" not in run.stdout  # the example declares it: its tests ran
     listed = subprocess.run(
         [sys.executable, "-m", "navistore", "plugins"],
         cwd=tmp_path,
