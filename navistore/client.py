@@ -90,7 +90,8 @@ _ERRORS: dict[int, type[errors.NavistoreError]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """A value as ``get`` returns it (``get_prefix`` also gives its expiry)."""
+    """A value as ``get`` and ``get_prefix`` return it; ``expires_at`` (seconds since the epoch)
+    is None for a key that does not expire."""
 
     key: str
     value: bytes
@@ -307,7 +308,14 @@ class Client:
 
     def get(self, key: str) -> Entry:
         _, headers, data = self.request("GET", key_path(key))
-        return Entry(key, data, headers.get("content-type", ""), headers.get("etag", ""))
+        expires = headers.get("x-navistore-expires-at")
+        return Entry(
+            key,
+            data,
+            headers.get("content-type", ""),
+            headers.get("etag", ""),
+            float(expires) if expires else None,
+        )
 
     def put(
         self,

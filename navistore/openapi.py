@@ -55,6 +55,10 @@ _COMMON = (400, 401, 405, 503, 507)
 _WRITES = (403, *_COMMON)  # what writes answer besides: the read token may not
 _ETAG = {"description": "The version: the quoted stamp", "schema": {"type": "string"}}
 _INDEX = {"description": "The store's newest seq", "schema": {"type": "integer"}}
+_EXPIRES = {
+    "description": "when the key expires, in seconds since the epoch (absent: it does not)",
+    "schema": {"type": "number"},
+}
 _KEY = {
     "name": "key",
     "in": "path",
@@ -265,7 +269,7 @@ _PATHS: dict[str, Any] = {
             "responses": {
                 "200": {
                     "description": "The value, byte for byte, with its stored Content-Type",
-                    "headers": {"ETag": _ETAG},
+                    "headers": {"ETag": _ETAG, "X-Navistore-Expires-At": _EXPIRES},
                     "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
                 "304": {"description": "Not modified", "headers": {"ETag": _ETAG}},
@@ -276,7 +280,10 @@ _PATHS: dict[str, Any] = {
             "summary": "Read a value's headers",
             "parameters": [_header("If-None-Match", "an etag list or *: 304 while it matches")],
             "responses": {
-                "200": {"description": "As GET, without the body", "headers": {"ETag": _ETAG}},
+                "200": {
+                    "description": "As GET, without the body",
+                    "headers": {"ETag": _ETAG, "X-Navistore-Expires-At": _EXPIRES},
+                },
                 "304": {"description": "Not modified", "headers": {"ETag": _ETAG}},
                 "400": {"description": "Malformed request (no body on HEAD)"},
                 "401": {"description": "Token required (no body on HEAD)"},

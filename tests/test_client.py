@@ -152,6 +152,21 @@ def test_get_prefix_reads_values_a_page_per_request(server, client):
     assert 0 < entries[1].expires_at - time.time() <= 600
 
 
+def test_get_says_when_a_key_expires(client, server):
+    client.put("session/web-1", b"alive", ttl=60)
+    client.put("app/forever", b"x")
+    entry = client.get("session/web-1")
+    assert entry.expires_at is not None and abs(entry.expires_at - (time.time() + 60)) < 5
+    assert client.get("app/forever").expires_at is None
+    listed = {e.key: e.expires_at for e in client.list("")}
+    assert listed == {
+        "session/web-1": pytest.approx(entry.expires_at, abs=1e-3),
+        "app/forever": None,
+    }
+    head = server.request("HEAD", "/v1/keys/session/web-1")
+    assert float(head.headers["x-navistore-expires-at"]) == entry.expires_at
+
+
 def _increment(entry):
     return b"%d" % (int(entry.value) + 1 if entry else 1)
 

@@ -76,6 +76,8 @@ class KeyResource:
             # Stored before content types were held to printable ASCII: no header carries it.
             content_type = DEFAULT_CONTENT_TYPE
         resp.content_type = content_type
+        if record.expires_at is not None:  # as the listing's expires_at: seconds since the epoch
+            resp.set_header("X-Navistore-Expires-At", repr(record.expires_at))
         resp.data = record.value
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
