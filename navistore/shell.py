@@ -1,4 +1,4 @@
-"""The client commands of ``navistore``: get, put, delete, ls, watch, status, dump, load.
+"""The client commands of ``navistore``: get, put, delete, batch, ls, watch, status, dump, load.
 
 They talk to a server over HTTP (``--url`` or ``NAVISTORE_URL``; ``--token`` or
 ``NAVISTORE_TOKEN``) and behave as a shell user expects: values go to stdout byte for byte (on a
@@ -178,6 +178,46 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 raise _said_what_is_under(
                     client, args.key, exc, "delete --prefix", "deletes"
                 ) from None
+    return EXIT_OK
+
+
+class _Op(argparse.Action):
+    """Append ``(option, values)`` to ``ops``: the batch's operations, in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        ops = getattr(namespace, "ops", None) or []
+        ops.append((self.dest, values))
+        namespace.ops = ops
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    if not getattr(args, "ops", None):
+        raise errors.InvalidRequest(
+            "a batch needs operations: --put KEY VALUE, --put-file KEY PATH, --delete KEY, "
+            "--check KEY ETAG, --absent KEY"
+        )
+    ops: list[dict] = []
+    for kind, given in args.ops:
+        key = given[0]
+        if kind in ("put", "put_file"):
+            if kind == "put":
+                value = os.fsencode(given[1])
+            else:
+                with open(given[1], "rb") as handle:
+                    value = handle.read()
+            op = {"op": "put", "key": key, "value": value, "ttl": args.ttl}
+            op["content_type"] = args.content_type
+            ops.append({name: v for name, v in op.items() if v is not None})
+        elif kind == "delete":
+            ops.append({"op": "delete", "key": key})
+        elif kind == "check":
+            ops.append({"op": "check", "key": key, "if_match": _etag(given[1])})
+        else:  # absent
+            ops.append({"op": "check", "key": key, "if_none_match": "*"})
+    with _client(args) as client:
+        results = client.batch(ops)
+    for op, written in zip(ops, results, strict=True):
+        print(f"{written.etag or '-'} {op['op']} {written.key}")
     return EXIT_OK
 
 
@@ -466,6 +506,37 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     delete.add_argument("--prefix", action="store_true", help="delete every key under KEY")
     delete.set_defaults(func=cmd_delete)
 
+    batch = commands.add_parser(
+        "batch",
+        parents=[common],
+        help="write, delete and check several keys, all or nothing",
+        description="Write, delete and check several keys in one all-or-nothing batch, the "
+        "operations in the order given (as etcdctl txn). A check writes nothing: the batch "
+        "fails (exit 3) unless the key holds that version (--check) or is absent (--absent). "
+        "Prints a line per operation: the etag the key holds after it ('-': none), the "
+        "operation and the key.",
+    )
+    batch.add_argument(
+        "--put", nargs=2, action=_Op, metavar=("KEY", "VALUE"), help="write VALUE under KEY"
+    )
+    batch.add_argument(
+        "--put-file", nargs=2, action=_Op, metavar=("KEY", "PATH"), help="write a file's bytes"
+    )
+    batch.add_argument("--delete", nargs=1, action=_Op, metavar="KEY", help="delete KEY")
+    batch.add_argument(
+        "--check",
+        nargs=2,
+        action=_Op,
+        metavar=("KEY", "ETAG"),
+        help="only if KEY is at this version (ETAG as put prints it; *: any)",
+    )
+    batch.add_argument("--absent", nargs=1, action=_Op, metavar="KEY", help="only if KEY is absent")
+    batch.add_argument("-t", "--content-type", help="the content type of every value written")
+    batch.add_argument(
+        "--ttl", type=_seconds, help="every value written expires: seconds, or 90s, 15m, 2h, 7d"
+    )
+    batch.set_defaults(func=cmd_batch)
+
     ls = commands.add_parser("ls", parents=[common], help="list keys in key order")
     ls.add_argument("prefix", nargs="?", default="")
     ls.add_argument("-s", "--separator", help="one level: fold keys below the next separator")
@@ -531,5 +602,5 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     load_.set_defaults(func=cmd_load)
 
-    for parser in (get, put, delete, ls, watch, status, dump_, load_):
+    for parser in (get, put, delete, batch, ls, watch, status, dump_, load_):
         parser.set_defaults(client_command=True)

@@ -1,4 +1,4 @@
-"""The client commands (get, put, delete, ls, watch, dump, load) against real servers."""
+"""The client commands (get, put, delete, batch, ls, watch, dump, load) against real servers."""
 
 from __future__ import annotations
 
@@ -381,6 +381,42 @@ def test_if_match_takes_the_etag_with_or_without_its_quotes(nav):
     latest = second.stdout.decode().strip()
     assert nav("delete", "cas", "--if-match", latest).returncode == 0
     assert nav("get", "cas").returncode == 1
+
+
+def test_batch_writes_deletes_and_checks_all_or_nothing_in_the_order_given(nav, server, tmp_path):
+    schema = nav("put", "app/schema", "3").stdout.decode().strip()
+    nav("put", "app/old", "x")
+    (tmp_path / "motd").write_bytes(b"\x00hello\n")
+    done = nav(
+        "batch",
+        "--check", "app/schema", schema.strip('"'),  # bare, as a shell passes it
+        "--absent", "app/lock",
+        "--put", "app/db/host", "10.0.0.6",
+        "--put-file", "app/motd", "motd",
+        "--delete", "app/old",
+        "-t", "text/plain",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line.split(" ", 2) for line in done.stdout.decode().splitlines()]
+    assert [(op, key) for _, op, key in lines] == [
+        ("check", "app/schema"),
+        ("check", "app/lock"),
+        ("put", "app/db/host"),
+        ("put", "app/motd"),
+        ("delete", "app/old"),
+    ]
+    assert lines[0][0] == schema and lines[1][0] == "-"
+    assert nav("get", "app/motd").stdout == b"\x00hello\n"
+    assert nav("get", "app/old").returncode == 1
+    assert Client(server.url).get("app/db/host").content_type == "text/plain"
+    # A check that fails: exit 3, the operation named, nothing written.
+    stale = nav("batch", "--check", "app/schema", '"0000000000000000-x"', "--put", "app/x", "1")
+    assert stale.returncode == 3 and b"operation 0 ('app/schema')" in stale.stderr
+    taken = nav("batch", "--put", "app/y", "1", "--absent", "app/db/host")
+    assert taken.returncode == 3 and b"operation 1" in taken.stderr
+    assert nav("get", "app/x").returncode == 1 and nav("get", "app/y").returncode == 1
+    nothing = nav("batch")
+    assert nothing.returncode == 2 and b"--put KEY VALUE" in nothing.stderr
 
 
 def test_watch_takes_a_prefix_or_a_key_not_both(nav, server):
