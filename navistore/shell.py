@@ -205,9 +205,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             else:
                 with open(given[1], "rb") as handle:
                     value = handle.read()
-            op = {"op": "put", "key": key, "value": value, "ttl": args.ttl}
-            op["content_type"] = args.content_type
-            ops.append({name: v for name, v in op.items() if v is not None})
+            op = {"op": "put", "key": key, "value": value}
+            if args.content_type is not None:
+                op["content_type"] = args.content_type
+            if args.ttl is not None:
+                op["ttl"] = args.ttl
+            ops.append(op)
         elif kind == "delete":
             ops.append({"op": "delete", "key": key})
         elif kind == "check":
