@@ -209,10 +209,11 @@ def check_write(
     index: int | None = None,
 ) -> Record | None:
     """The checks of ``commit`` against what the store holds for the key (live or not): raise
-    ``PreconditionFailed`` or ``StaleStamp``; return the live record (None when there is none)."""
+    ``PreconditionFailed`` or ``StaleStamp``; return the live record (None when there is none).
+    A ``Check`` writes nothing, so only its condition counts, not its stamp."""
     live = stored if stored is not None and stored.live(now) else None
     check_precondition(expect, live, index)
-    if stored is not None and record.stamp <= stored.stamp:
+    if stored is not None and record.stamp <= stored.stamp and not isinstance(record, Check):
         raise StaleStamp(
             f"stamp {record.stamp} is not newer than {stored.stamp}", stored=stored.stamp
         )
@@ -234,12 +235,8 @@ def check_writes(
     mine: dict[str, Record] = {}
     for index, (record, expect) in enumerate(items):
         stored = mine.get(record.key) or current[record.key]
-        where = index if len(items) > 1 else None
-        if isinstance(record, Check):
-            live = stored if stored is not None and stored.live(now) else None
-            check_precondition(expect, live, where)
-        else:
-            live = check_write(record, stored, expect, now, where)
+        live = check_write(record, stored, expect, now, index if len(items) > 1 else None)
+        if not isinstance(record, Check):
             mine[record.key] = record
         results.append((record, live))
     return results
