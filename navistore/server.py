@@ -45,8 +45,8 @@ DRAIN_SECONDS = 10.0
 #: waitress's select() loop costs less Python per turn than its poll() loop (which builds a poll
 #: object and registers every descriptor each time): poll cost about 8% of GET throughput at 64
 #: connections (bench/load.py). But select() cannot watch descriptors from FD_SETSIZE up, so poll
-#: is used when the connections, plus a few descriptors per worker thread (the store's files),
-#: could reach it.
+#: is used when the connections, plus the files kept for the rest (``reserved_files``), could
+#: reach it.
 FD_SETSIZE = 1024
 #: Ordinary requests that run at once (the rest of ``threads`` wait for their commits). On 2 cores
 #: that wrk shares, against 8 at once: GET 10,000 -> 12,800 req/s and a listing page 4,300 ->
@@ -92,17 +92,47 @@ def configure_logging(log_format: str) -> logging.handlers.QueueListener:
     return listener
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """waitress's settings for these Navistore settings."""
+def reserved_files(settings: Settings) -> int:
+    """Open files kept for other than client connections: a few per worker thread (the store's
+    files, a watch's), the listening socket, logs, peers."""
+    return 4 * (settings.threads + settings.max_watchers) + 64
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise this process's soft limit on open files toward ``wanted``, as far as the hard limit
+    lets it (as Go's runtime does for etcd and Consul: a shell's soft limit is often 1,024);
+    return the soft limit now."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted if soft == resource.RLIM_INFINITY else soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft
+    return wanted
+
+
+def server_options(settings: Settings, open_files: int | None = None) -> dict[str, Any]:
+    """waitress's settings for these Navistore settings; ``open_files``: the most this process
+    may have open (the connections are held below it)."""
     threads = settings.threads + settings.max_watchers
-    # Each waiting watch holds a worker thread; leave room for watchers and for clients.
-    connection_limit = max(100, 2 * threads + 100)
+    connections = settings.max_connections
+    if open_files is not None:
+        connections = max(16, min(connections, open_files - reserved_files(settings)))
+    # waitress counts the listening socket and its trigger as connections too.
+    connection_limit = connections + 2
     return {
         "host": settings.host,
         "port": settings.port,
         "threads": threads,
         "connection_limit": connection_limit,
-        "asyncore_use_poll": connection_limit + 4 * threads + 64 >= FD_SETSIZE,
+        "asyncore_use_poll": connection_limit + reserved_files(settings) >= FD_SETSIZE,
         # waitress refuses bodies at or above this itself, unread (JsonErrorTask), before the app
         # can say which limit a request broke: keep it just above the largest legal request.
         "max_request_body_size": largest_request(settings) + 64 * 1024,
@@ -287,7 +317,17 @@ def json_error_channel(settings: Settings) -> type[HTTPChannel]:
 
 
 def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
-    options = server_options(settings)
+    open_files = raise_open_file_limit(settings.max_connections + reserved_files(settings))
+    options = server_options(settings, open_files)
+    if options["connection_limit"] - 2 < settings.max_connections:
+        log.warning(
+            "serving at most %d connections at once, not %d (max_connections): this process "
+            "may open %d files (ulimit -n); raise its hard limit (ulimit -Hn, systemd's "
+            "LimitNOFILE=) for more",
+            options["connection_limit"] - 2,
+            settings.max_connections,
+            open_files,
+        )
     dispatcher = Dispatcher(ordinary=settings.threads)
     dispatcher.set_thread_count(options["threads"])
     with warnings.catch_warnings():

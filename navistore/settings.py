@@ -168,6 +168,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_value_size", _int_between(1, 64 * MIB), MIB, "largest value in bytes"),
     Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
+    Setting(
+        "max_connections",
+        _int_between(1, 1_000_000),
+        10_000,
+        "most client connections open at once, idle keep-alive ones included",
+    ),
     Setting("log_format", _choice("text", "json"), "text", "access and server log format"),
     Setting("access_log", _boolean, False, "log a line per request on stderr (true or false)"),
     Setting(
@@ -203,6 +209,7 @@ class Settings:
     replicator: str | None = None
     max_value_size: int = MIB
     max_watchers: int = 32
+    max_connections: int = 10_000
     log_format: str = "text"
     access_log: bool = False
     purge_interval: int = 60

@@ -25,14 +25,18 @@ def test_waitress_is_tuned_from_the_settings():
     settings = Settings(threads=8, max_watchers=32, max_value_size=1024 * 1024)
     options = server_options(settings)
     assert options["threads"] == 40  # each waiting watch holds a thread of its own
-    assert options["connection_limit"] > options["threads"] + 100
+    # a fleet of clients, each with a keep-alive connection, is served (test_many_connections)
+    assert options["connection_limit"] == settings.max_connections + 2  # + listener and trigger
     assert options["max_request_body_size"] == 8 * 1024 * 1024 + 64 * 1024
     assert options["channel_timeout"] == 60  # slow clients are dropped
     assert options["max_request_header_size"] == 64 * 1024
-    assert options["asyncore_use_poll"] is False  # select() is cheaper, and fds stay < 1024
-    many = Settings(threads=256, max_watchers=1024)
-    # select() cannot watch descriptors from 1024 up: poll once connections could get there
-    assert server_options(many)["asyncore_use_poll"] is True
+    # select() is cheaper, but cannot watch descriptors from 1024 up: poll once connections
+    # could get there
+    assert options["asyncore_use_poll"] is True
+    assert server_options(Settings(max_connections=500))["asyncore_use_poll"] is False
+    assert server_options(Settings(max_connections=500, threads=256))["asyncore_use_poll"] is True
+    # held below the open files this process may have, less those kept for the rest
+    assert server_options(settings, open_files=1024)["connection_limit"] == 1024 - 224 + 2
     big = Settings(max_value_size=32 * 1024 * 1024)
     # a replication batch may carry one value at the limit, in base64
     assert largest_request(big) >= 32 * 1024 * 1024 * 4 // 3
@@ -63,8 +67,8 @@ def test_every_listening_socket_answers_waitress_errors_in_json(monkeypatch, soc
     # Several sockets ("localhost" where it is both 127.0.0.1 and ::1) make a MultiSocketServer,
     # one waitress server per socket; each must have our channel. What it answers is tested end
     # to end in test_reliability.
-    def two_sockets(settings):
-        options = server_options(settings)
+    def two_sockets(settings, open_files=None):
+        options = server_options(settings, open_files)
         del options["host"], options["port"]
         return {**options, "listen": "127.0.0.1:0 127.0.0.1:0"}
 
