@@ -26,11 +26,12 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import RequestEntityTooLarge, RequestHeaderFieldsTooLarge
 
-from navistore import slots
+from navistore import eventloop, slots
 from navistore._version import __version__
 from navistore.accesslog import flush_access_logs
 from navistore.app import create_app
 from navistore.errors import SettingsError
+from navistore.eventloop import EventLoop
 from navistore.node import Node, largest_request
 from navistore.settings import Settings, read_token_files
 from navistore.store import dump_json
@@ -42,11 +43,11 @@ log = logging.getLogger("navistore")
 #: which pyproject pins; ``check_tuning`` proves it is in effect.
 SEND_BYTES = 18000
 DRAIN_SECONDS = 10.0
-#: waitress's select() loop costs less Python per turn than its poll() loop (which builds a poll
-#: object and registers every descriptor each time): poll cost about 8% of GET throughput at 64
-#: connections (bench/load.py). But select() cannot watch descriptors from FD_SETSIZE up, so poll
-#: is used when the connections, plus the files kept for the rest (``reserved_files``), could
-#: reach it.
+#: Where there is no epoll (not Linux), waitress's own loop runs (``navistore.eventloop``). Its
+#: select() loop costs less Python per turn than its poll() loop (which builds a poll object and
+#: registers every descriptor each time): poll cost about 8% of GET throughput at 64 connections
+#: (bench/load.py). But select() cannot watch descriptors from FD_SETSIZE up, so poll is used when
+#: the connections, plus the files kept for the rest (``reserved_files``), could reach it.
 FD_SETSIZE = 1024
 #: Ordinary requests that run at once (the rest of ``threads`` wait for their commits). On 2 cores
 #: that wrk shares, against 8 at once: GET 10,000 -> 12,800 req/s and a listing page 4,300 ->
@@ -310,10 +311,34 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class Channel(HTTPChannel):
+    """waitress's connection, telling the server's ``EventLoop`` (when it has one) when it opens,
+    when it closes, and which thread serves it."""
+
+    def add_channel(self, map: Any = None) -> None:
+        super().add_channel(map)
+        loop = getattr(self.server, "event_loop", None)
+        if loop is not None:
+            loop.opened(self)
+
+    def del_channel(self, map: Any = None) -> None:
+        loop = getattr(self.server, "event_loop", None)
+        if loop is not None:
+            loop.closing(self)
+        super().del_channel(map)
+
+    def service(self) -> None:
+        eventloop.serving(self)
+        try:
+            super().service()
+        finally:
+            eventloop.serving(None)
+
+
 def json_error_channel(settings: Settings) -> type[HTTPChannel]:
     """waitress's connection class, answering what it refuses with ``JsonErrorTask``."""
     task = type("JsonErrorTask", (JsonErrorTask,), {"max_value_size": settings.max_value_size})
-    return type("JsonErrorChannel", (HTTPChannel,), {"error_task_class": task})
+    return type("JsonErrorChannel", (Channel,), {"error_task_class": task})
 
 
 def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
@@ -336,14 +361,23 @@ def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketSer
     channel = json_error_channel(settings)
     # Each listening socket has a server in the socket map (several behind a MultiSocketServer).
     socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
-    for listener in list(socket_map.values()):
-        if isinstance(listener, BaseWSGIServer):
-            listener.channel_class = channel
+    listeners = [d for d in socket_map.values() if isinstance(d, BaseWSGIServer)]
+    loop = EventLoop(socket_map) if EventLoop.available() else None
+    for listener in listeners:
+        listener.channel_class = channel
+        if loop is not None:
+            loop.install(listener)
+    server.event_loop = loop
     return server
 
 
 def poll_once(server: Any, timeout: float) -> None:
-    """One turn of waitress's event loop on ``server``, with the loop that its settings chose."""
+    """One turn of the event loop on ``server``: ours (``EventLoop``), or where there is no epoll,
+    waitress's, with the loop that its settings chose."""
+    loop = getattr(server, "event_loop", None)
+    if loop is not None:
+        loop.turn(timeout)
+        return
     server.asyncore.loop(
         timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
     )
@@ -524,3 +558,5 @@ def _drain(server: Any, node: Node) -> None:
     server.task_dispatcher.shutdown(timeout=1)
     for channel in list(server._map.values()):
         channel.close()
+    if server.event_loop is not None:
+        server.event_loop.close()

@@ -30,8 +30,8 @@ def test_waitress_is_tuned_from_the_settings():
     assert options["max_request_body_size"] == 8 * 1024 * 1024 + 64 * 1024
     assert options["channel_timeout"] == 60  # slow clients are dropped
     assert options["max_request_header_size"] == 64 * 1024
-    # select() is cheaper, but cannot watch descriptors from 1024 up: poll once connections
-    # could get there
+    # Where there is no epoll, waitress's loop: select() is cheaper, but cannot watch descriptors
+    # from 1024 up: poll once connections could get there
     assert options["asyncore_use_poll"] is True
     assert server_options(Settings(max_connections=500))["asyncore_use_poll"] is False
     assert server_options(Settings(max_connections=500, threads=256))["asyncore_use_poll"] is True
@@ -82,6 +82,7 @@ def test_every_listening_socket_answers_waitress_errors_in_json(monkeypatch, soc
         for listener in listeners:
             task = listener.channel_class.error_task_class
             assert issubclass(task, JsonErrorTask) and task.max_value_size == 1000
+            assert listener.event_loop is server.event_loop  # one loop over every socket
     finally:
         for listener in listeners:
             listener.close()
