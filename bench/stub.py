@@ -1,4 +1,4 @@
-"""The baseline for bench/load.py: a stub Falcon app on waitress, tuned as `navistore serve` is.
+"""The baseline for bench/load.py: a stub Falcon app on waitress, run as `navistore serve` is.
 
 It keeps values in a dict and answers the same shapes as Navistore (a value with an ETag, a small
 JSON body for a write, a JSON page of 100 keys), with nothing behind: the ceiling of the stack.
@@ -17,7 +17,7 @@ import falcon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from navistore.server import make_server, pin_cpus  # noqa: E402
+from navistore.server import make_server, pin_cpus, poll_once  # noqa: E402
 from navistore.settings import Settings, load_settings  # noqa: E402
 
 
@@ -82,7 +82,8 @@ def main() -> None:
     settings = Settings(port=args.port, threads=args.threads)
     server = make_server(app, settings)
     print(f"stub serving on http://127.0.0.1:{server.effective_port}", file=sys.stderr, flush=True)
-    server.run()
+    while True:  # the loop navistore serve turns (navistore.eventloop where there is epoll)
+        poll_once(server, 0.2)
 
 
 if __name__ == "__main__":
