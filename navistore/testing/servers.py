@@ -15,9 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-_SERVING = re.compile(r"serving on http://([^:]+):(\d+)")
+_SERVING = re.compile(r"serving on http://(?:\[([^\]]+)\]|([^:/\s]+)):(\d+)")
 
 
 def free_port() -> int:
@@ -91,6 +91,8 @@ class ServerProcess(HttpClient):
 
     def start(self, timeout: float = 20.0) -> None:
         self.log = []
+        self._address: tuple[str, int] | None = None
+        self._serving = threading.Event()
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.cwd,
@@ -100,28 +102,27 @@ class ServerProcess(HttpClient):
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self._stderr().readline()
-            if not line:
-                raise RuntimeError(f"navistore serve exited: {''.join(self.log)}")
-            self.log.append(line)
-            match = _SERVING.search(line)
-            if match:
-                self.host, self.port = match.group(1), int(match.group(2))
-                break
-        else:
-            raise RuntimeError("navistore serve did not start in time")
+        # A thread reads the log from the start: a server that says nothing more (or not where it
+        # serves) fails the start in time, where reading here would wait for its next line.
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
-
-    def _stderr(self) -> IO[str]:
-        assert self.proc.stderr is not None  # started with stderr=PIPE
-        return self.proc.stderr
+        if not self._serving.wait(timeout):
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"navistore serve did not start in time: {''.join(self.log)}")
+        if self._address is None:
+            self._reader.join(timeout=5)
+            raise RuntimeError(f"navistore serve exited: {''.join(self.log)}")
+        self.host, self.port = self._address
 
     def _drain(self) -> None:
-        for line in self._stderr():
+        assert self.proc.stderr is not None  # started with stderr=PIPE
+        for line in self.proc.stderr:
             self.log.append(line)
+            if self._address is None and (match := _SERVING.search(line)):
+                self._address = (match.group(1) or match.group(2), int(match.group(3)))  # [::1]
+                self._serving.set()
+        self._serving.set()  # it exited
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
