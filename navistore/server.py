@@ -359,16 +359,29 @@ def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketSer
         warnings.simplefilter("ignore", DeprecationWarning)  # send_bytes, see SEND_BYTES
         server = waitress.create_server(app, _dispatcher=dispatcher, **options)
     channel = json_error_channel(settings)
-    # Each listening socket has a server in the socket map (several behind a MultiSocketServer).
-    socket_map = server.map if isinstance(server, MultiSocketServer) else server._map
-    listeners = [d for d in socket_map.values() if isinstance(d, BaseWSGIServer)]
-    loop = EventLoop(socket_map) if EventLoop.available() else None
-    for listener in listeners:
+    loop = EventLoop(socket_map(server)) if EventLoop.available() else None
+    for listener in listeners(server):
         listener.channel_class = channel
         if loop is not None:
             loop.install(listener)
     server.event_loop = loop
     return server
+
+
+def socket_map(server: Any) -> dict[int, Any]:
+    """waitress's map of sockets: the listening ones, the trigger and the connections."""
+    return server.map if isinstance(server, MultiSocketServer) else server._map
+
+
+def listeners(server: Any) -> list[BaseWSGIServer]:
+    """The listening sockets' servers: one for each address the host resolves to ("localhost"
+    may be 127.0.0.1 and ::1, and then waitress makes a ``MultiSocketServer`` of two)."""
+    return [d for d in socket_map(server).values() if isinstance(d, BaseWSGIServer)]
+
+
+def _url(listener: BaseWSGIServer) -> str:
+    host = str(listener.effective_host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{listener.effective_port}"
 
 
 def poll_once(server: Any, timeout: float) -> None:
@@ -379,7 +392,7 @@ def poll_once(server: Any, timeout: float) -> None:
         loop.turn(timeout)
         return
     server.asyncore.loop(
-        timeout=timeout, map=server._map, use_poll=server.adj.asyncore_use_poll, count=1
+        timeout=timeout, map=socket_map(server), use_poll=server.adj.asyncore_use_poll, count=1
     )
 
 
@@ -398,7 +411,7 @@ def _busy(server: Any) -> bool:
         getattr(channel, "request", None) is not None
         or getattr(channel, "requests", None)
         or getattr(channel, "total_outbufs_len", 0)
-        for channel in list(server._map.values())
+        for channel in list(socket_map(server).values())
     )
 
 
@@ -486,11 +499,10 @@ def _serve(settings: Settings) -> int:
             settings.host,
         )
     node.start()
-    address = server.effective_host, server.effective_port
     log.info(
-        "navistore %s serving on http://%s:%s (store %s, backend %s, node %s)",
+        "navistore %s serving on %s (store %s, backend %s, node %s)",
         __version__,
-        *address,
+        " and ".join(_url(listener) for listener in listeners(server)),
         settings.store,
         node.backend.name,
         node.node_id,
@@ -549,14 +561,15 @@ def _drain(server: Any, node: Node) -> None:
     """Stop accepting, wake the watches, let requests in flight finish and their answers go out."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    server.del_channel()
-    server.socket.close()
+    for listener in listeners(server):
+        listener.del_channel()
+        listener.socket.close()
     node.begin_shutdown()
     deadline = time.monotonic() + DRAIN_SECONDS
     while _busy(server) and time.monotonic() < deadline:
         poll_once(server, 0.05)
     server.task_dispatcher.shutdown(timeout=1)
-    for channel in list(server._map.values()):
+    for channel in list(socket_map(server).values()):
         channel.close()
     if server.event_loop is not None:
         server.event_loop.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -459,3 +460,65 @@ def test_a_token_given_outright_wins_over_its_file_on_sighup_too(serve, tmp_path
     assert Client(server.url, token="outright").put("k", b"v").created
     with pytest.raises(Unauthorized):
         Client(server.url, token="from-file").get("k")
+
+
+_SERVE_ON_TWO_SOCKETS = """
+import sys
+import navistore.server as server
+from navistore.settings import Settings
+
+options = server.server_options
+
+
+def two_sockets(settings, open_files=None):  # what waitress makes of a host of two addresses
+    found = options(settings, open_files)
+    del found["host"], found["port"]
+    return {**found, "listen": "127.0.0.1:0 127.0.0.1:0"}
+
+
+server.server_options = two_sockets
+sys.exit(server.serve(Settings(store="sqlite:///two.db", port=0)))
+"""
+
+
+def test_serve_listens_on_every_address_the_host_resolves_to(tmp_path):
+    # "localhost" is 127.0.0.1 and ::1 on many machines (Debian's /etc/hosts): waitress listens on
+    # both, behind a MultiSocketServer, and `navistore serve` crashed at start on it.
+    script = tmp_path / "serve_two.py"
+    script.write_text(_SERVE_ON_TWO_SOCKETS)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "serving on http://127.0.0.1:" in line, line
+        urls = re.findall(r"http://127\.0\.0\.1:\d+", line)
+        assert len(set(urls)) == 2
+        with Client(urls[0]) as first, Client(urls[1]) as second:
+            first.put("k", b"one store")
+            assert second.get("k").value == b"one store"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serve_on_ipv6_says_its_url_in_brackets(serve):
+    server = serve("--host", "::1")
+    assert any(f"serving on http://[::1]:{server.port} " in line for line in server.log)
+    with Client(f"http://[::1]:{server.port}") as client:
+        assert client.put("k", b"v").etag
