@@ -256,3 +256,21 @@ def test_the_open_file_limit_is_raised_for_max_connections_or_the_log_says_why_n
             assert client.health()
     finally:
         low.stop()
+
+
+def test_where_there_is_no_epoll_waitress_loop_serves(tmp_path, monkeypatch):
+    # macOS and Windows have no epoll: make_server leaves waitress's own loop in place
+    monkeypatch.setattr(navistore.server.EventLoop, "available", staticmethod(lambda: False))
+    server = InProcessServer(
+        Settings(store=f"sqlite:///{tmp_path / 'x.db'}", port=0, max_connections=500)
+    )
+    try:
+        assert server.server.event_loop is None
+        with Client(server.url) as client:
+            client.put("k", b"v")
+            assert client.get("k").value == b"v"
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:
+            sock.sendall(_get("k") + _get("k"))
+            assert [a.endswith(b"\r\n\r\nv") for a in _answers(sock, 2)] == [True, True]
+    finally:
+        server.stop()
