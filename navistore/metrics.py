@@ -53,6 +53,19 @@ class _NodeCollector:
         yield GaugeMetricFamily(
             "navistore_last_seq", "The store's newest change number", value=self.node.last_seq()
         )
+        if self.node.connections is not None:
+            open_now, most = self.node.connections()
+            yield GaugeMetricFamily(
+                "navistore_connections",
+                "Client connections open, idle keep-alive ones included",
+                value=open_now,
+            )
+            yield GaugeMetricFamily(
+                "navistore_connections_max",
+                "The most client connections served at once (max_connections, or fewer where "
+                "the open-file limit holds it)",
+                value=most,
+            )
         replication = self.node.replication
         if replication is None:
             return

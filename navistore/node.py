@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from navistore import slots
@@ -146,6 +146,9 @@ class Node:
         self._key_watches: dict[str, set[threading.Event]] = {}
         self._prefix_watches: dict[str, set[threading.Event]] = {}
         self._watching = 0  # watches waiting, for max_watchers
+        #: Client connections open now, and the most the server holds at once: set by the server
+        #: that serves this node (``make_server``), for /metrics; None when none does.
+        self.connections: Callable[[], tuple[int, int]] | None = None
         # A watch's looks at the feed (self.changes, looked up at each call): the watches that
         # one commit woke ask the same question at the same moment, and share the answer.
         self._looks = SharedCalls(lambda *args: self.changes(*args))

@@ -341,7 +341,11 @@ def json_error_channel(settings: Settings) -> type[HTTPChannel]:
     return type("JsonErrorChannel", (Channel,), {"error_task_class": task})
 
 
-def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketServer:
+def make_server(
+    app: Any, settings: Settings, node: Node | None = None
+) -> BaseWSGIServer | MultiSocketServer:
+    """waitress serving ``app`` as ``settings`` say, on Navistore's event loop where there is
+    epoll; ``node``, when given, learns the connections open (for /metrics)."""
     open_files = raise_open_file_limit(settings.max_connections + reserved_files(settings))
     options = server_options(settings, open_files)
     if options["connection_limit"] - 2 < settings.max_connections:
@@ -365,6 +369,10 @@ def make_server(app: Any, settings: Settings) -> BaseWSGIServer | MultiSocketSer
         if loop is not None:
             loop.install(listener)
     server.event_loop = loop
+    if node is not None:
+        most = options["connection_limit"] - 2
+        serving = listeners(server)
+        node.connections = lambda: (sum(len(s.active_channels) for s in serving), most)
     return server
 
 
@@ -478,7 +486,7 @@ def _serve(settings: Settings) -> int:
     try:
         app = create_app(node)
         try:
-            server = make_server(app, settings)
+            server = make_server(app, settings, node)
         except OSError as exc:  # the port is taken, the address is not this machine's, ...
             hint = _LISTEN_HINTS.get(exc.errno or 0, "settings 'host' and 'port'")
             raise SettingsError(

@@ -6,6 +6,7 @@ that changed; these tests hold it to waitress's behaviour on the paths a connect
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import sys
@@ -16,7 +17,7 @@ import pytest
 import navistore.server
 from navistore.client import Client
 from navistore.settings import Settings
-from navistore.testing.servers import InProcessServer, ServerProcess
+from navistore.testing.servers import InProcessServer, ServerProcess, wait_until
 
 FLEET = 400  # waitress's limit was 180 (threads + watchers, doubled, + 100)
 
@@ -125,6 +126,30 @@ def test_idle_connections_are_not_looked_at_while_others_are_served(tmp_path, mo
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def _gauge(metrics: str, name: str) -> float:
+    return float(re.search(rf"^{name} (\S+)$", metrics, re.M).group(1))
+
+
+def test_metrics_count_the_connections_open_and_the_most_served(server):
+    with Client(server.url) as client:
+
+        def gauge(name: str) -> float:
+            return _gauge(client.request("GET", "/metrics")[2].decode(), name)
+
+        idle = [socket.create_connection((server.host, server.port)) for _ in range(30)]
+        try:
+            for sock in idle:
+                sock.sendall(_get("k"))
+                _answer(sock)
+            during = gauge("navistore_connections")
+            assert gauge("navistore_connections_max") == 10_000
+        finally:
+            for sock in idle:
+                sock.close()
+        assert during >= 30 + 1  # and the client's own
+        wait_until(lambda: gauge("navistore_connections") <= during - 30)
 
 
 def test_pipelined_requests_are_answered_in_order(server):

@@ -146,7 +146,7 @@ class InProcessServer(HttpClient):
         self.settings = settings
         self.node = Node(settings, plugins=plugins)
         try:
-            self.server = make_server(create_app(self.node), settings)
+            self.server = make_server(create_app(self.node), settings, self.node)
         except BaseException:
             self.node.close()
             raise
