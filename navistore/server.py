@@ -125,7 +125,7 @@ def server_options(settings: Settings, open_files: int | None = None) -> dict[st
     threads = settings.threads + settings.max_watchers
     connections = settings.max_connections
     if open_files is not None:
-        connections = max(16, min(connections, open_files - reserved_files(settings)))
+        connections = min(connections, max(16, open_files - reserved_files(settings)))
     # waitress counts the listening socket and its trigger as connections too.
     connection_limit = connections + 2
     return {

@@ -38,6 +38,8 @@ def test_waitress_is_tuned_from_the_settings():
     assert server_options(Settings(max_connections=500, threads=256))["asyncore_use_poll"] is True
     # held below the open files this process may have, less those kept for the rest
     assert server_options(settings, open_files=1024)["connection_limit"] == 1024 - 224 + 2
+    # ... and never above max_connections, however few it asks for
+    assert server_options(Settings(max_connections=5), open_files=20000)["connection_limit"] == 7
     big = Settings(max_value_size=32 * 1024 * 1024)
     # a replication batch may carry one value at the limit, in base64
     assert largest_request(big) >= 32 * 1024 * 1024 * 4 // 3
