@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _proc import room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
@@ -43,11 +43,6 @@ WAITRESS_LOOP = (
 class WaitressLoopServer(ServerProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-c", WAITRESS_LOOP, "serve", "--port", "0", *self.args]
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def open_idle(server: ServerProcess, sockets: list[socket.socket], count: int) -> None:
@@ -83,11 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = sorted({int(n) for n in args.idle.split(",")})
     _wrk.ensure_wrk()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * max(counts) + 1000  # this process holds both servers' idle connections
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        raise SystemExit(f"needs {wanted} open files; the hard limit (ulimit -Hn) is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    room_for_files(2 * max(counts) + 1000)  # this process holds both servers' idle connections
     folder = scratch("navistore-connections-")
     pinned = ["--cpus", args.cpus] if args.cpus else []
     servers = {}

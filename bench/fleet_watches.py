@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import socket
 import statistics
 import sys
@@ -24,15 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _proc import room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, float]:
@@ -67,11 +62,7 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=5)
     parser.add_argument("--cpus", default=str(max(os.sched_getaffinity(0))))
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = args.fleet + 500
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        raise SystemExit(f"needs {wanted} open files; the hard limit (ulimit -Hn) is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    room_for_files(args.fleet + 500)
     rows = []
     for watchers in (32, args.fleet):
         folder = scratch("navistore-fleet-")

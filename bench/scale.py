@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
+from _proc import rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 from load import median_result  # noqa: E402
 
@@ -35,13 +36,6 @@ request = function()
   return wrk.format("GET", string.format("/v1/keys?after=k/%07d&limit=100", math.random(0, {n})))
 end
 """
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def load(url: str, count: int, threads: int = 8) -> float:

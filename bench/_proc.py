@@ -1,0 +1,26 @@
+"""What a bench reads of a process, and asks of its own: resident memory, room for open files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from navistore.server import raise_open_file_limit  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid``, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def room_for_files(wanted: int) -> None:
+    """Raise this process's soft limit on open files to ``wanted`` (as navistore serve does its
+    own), or stop the bench saying why it cannot."""
+    have = raise_open_file_limit(wanted)
+    if have < wanted:
+        raise SystemExit(f"needs {wanted} open files; the hard limit (ulimit -Hn) allows {have}")
