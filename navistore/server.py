@@ -364,14 +364,14 @@ def make_server(
         server = waitress.create_server(app, _dispatcher=dispatcher, **options)
     channel = json_error_channel(settings)
     loop = EventLoop(socket_map(server)) if EventLoop.available() else None
-    for listener in listeners(server):
+    serving = listeners(server)
+    for listener in serving:
         listener.channel_class = channel
         if loop is not None:
             loop.install(listener)
     server.event_loop = loop
     if node is not None:
         most = options["connection_limit"] - 2
-        serving = listeners(server)
         node.connections = lambda: (sum(len(s.active_channels) for s in serving), most)
     return server
 
@@ -576,8 +576,14 @@ def _drain(server: Any, node: Node) -> None:
     deadline = time.monotonic() + DRAIN_SECONDS
     while _busy(server) and time.monotonic() < deadline:
         poll_once(server, 0.05)
-    server.task_dispatcher.shutdown(timeout=1)
-    for channel in list(socket_map(server).values()):
-        channel.close()
+    close_server(server, timeout=1)
+
+
+def close_server(server: Any, timeout: float) -> None:
+    """Stop the server's threads (cancelling the requests still queued), and close its sockets
+    and its event loop."""
+    server.task_dispatcher.shutdown(timeout=timeout)
+    for dispatcher in list(socket_map(server).values()):
+        dispatcher.close()
     if server.event_loop is not None:
         server.event_loop.close()

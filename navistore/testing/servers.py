@@ -159,13 +159,11 @@ class InProcessServer(HttpClient):
         self._thread.start()
 
     def _loop(self) -> None:
-        from navistore.server import poll_once
+        from navistore.server import close_server, poll_once
 
         while not self._stop.is_set():
             poll_once(self.server, 0.05)
-        self.server.task_dispatcher.shutdown(timeout=2)
-        for channel in list(self.server._map.values()):
-            channel.close()
+        close_server(self.server, timeout=2)
 
     def stop(self) -> None:
         """Stop serving and close the Node (and its store)."""
