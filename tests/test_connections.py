@@ -23,11 +23,9 @@ FLEET = 400  # waitress's limit was 180 (threads + watchers, doubled, + 100)
 
 
 def _room_for(files: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < files:
-        if hard != resource.RLIM_INFINITY and hard < files:
-            pytest.skip(f"this process may open {hard} files (ulimit -Hn); the test needs {files}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (files, hard))
+    have = navistore.server.raise_open_file_limit(files)
+    if have < files:
+        pytest.skip(f"this process may open {have} files (ulimit -Hn); the test needs {files}")
 
 
 def _get(key: str) -> bytes:
