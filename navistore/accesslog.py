@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 import falcon
 
+from navistore.parking import PARK
+
 FLUSH_SECONDS = 0.1
 _logger = logging.getLogger("navistore.access")
 _WRITERS: weakref.WeakSet[AccessLogWriter] = weakref.WeakSet()
@@ -119,6 +121,11 @@ class AccessLog:
         if not _logger.isEnabledFor(logging.INFO):
             return
         started: float = req.context.get("started") or time.perf_counter()
+        park = req.env.get(PARK)
+        if park is not None:  # a watch held without a thread: logged once, when it answers
+            if park.holding:
+                return
+            started = park.started
         elapsed_ms = (time.perf_counter() - started) * 1000
         if resp.content_length is not None:
             size = resp.content_length

@@ -28,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
 from navistore.node import Node
+from navistore.parking import PARK
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 600)
 
@@ -189,6 +190,11 @@ class Metrics:
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
     ) -> None:
         started = getattr(req.context, "metrics_started", None)
+        park = req.env.get(PARK)
+        if park is not None:  # a watch held without a thread: counted once, when it answers
+            if park.holding:
+                return
+            started = park.started
         elapsed = time.perf_counter() - started if started is not None else 0.0
         self.requests.observe(req.uri_template or "unmatched", req.method, resp.status, elapsed)
 

@@ -143,8 +143,10 @@ class Node:
         # matches (woken, every watch on a quiet prefix looked at the store again after every
         # write: PUT at 0.14x with 50 of them, bench/watchers.py). Under _watch_lock.
         self._watch_lock = threading.Lock()
-        self._key_watches: dict[str, set[threading.Event]] = {}
-        self._prefix_watches: dict[str, set[threading.Event]] = {}
+        # Each watch is there by what wakes it: a threading.Event (``watch``) or a Park
+        # (``watch_parked``); a commit calls its ``set()``.
+        self._key_watches: dict[str, set[Any]] = {}
+        self._prefix_watches: dict[str, set[Any]] = {}
         self._watching = 0  # watches waiting, for max_watchers
         #: Client connections open now, and the most the server holds at once: set by the server
         #: that serves this node (``make_server``), for /metrics; None when none does.
@@ -457,23 +459,13 @@ class Node:
         if wait <= 0:
             return self.changes(since, limit, prefix, key, values)
         woken = threading.Event()
-        watches, name = (
-            (self._key_watches, key) if key is not None else (self._prefix_watches, prefix)
-        )
-        with self._watch_lock:
-            watches.setdefault(name, set()).add(woken)
+        self._add_watch(woken, prefix, key)
         try:
             # Registered before the first look: a matching commit that the look misses sets woken.
             records, last_seq = self._looks.call(since, limit, prefix, key, values)
             if records or since > last_seq or self.stopping:
                 return records, last_seq
-            with self._watch_lock:
-                if self._watching >= self.settings.max_watchers:
-                    raise TooManyWatchers(
-                        f"{self._watching} watches are waiting, the limit (max_watchers) is "
-                        f"{self.settings.max_watchers}; retry, or poll without wait"
-                    )
-                self._watching += 1
+            self._count_watch()
             try:
                 deadline = time.monotonic() + wait
                 while True:
@@ -490,11 +482,82 @@ class Node:
                 with self._watch_lock:
                     self._watching -= 1
         finally:
-            with self._watch_lock:
-                group = watches[name]
-                group.discard(woken)
-                if not group:
-                    del watches[name]
+            self._drop_watch(woken, prefix, key)
+
+    def watch_parked(
+        self,
+        park: Any,
+        since: int = 0,
+        limit: int = DEFAULT_LIMIT,
+        prefix: str = "",
+        key: str | None = None,
+        wait: float = 0.0,
+        values: bool = True,
+    ) -> tuple[builtins.list[Record], int] | None:
+        """``watch``, for a server that can hold a waiting watch without a thread: one look,
+        called again each time ``park`` (a ``navistore.parking.Park``) is set. Returns the answer,
+        or None: nothing to answer yet, and ``park.hold()`` was called. A matching commit, the
+        node stopping, or ``park.deadline`` then sets the park (as ``watch`` sets a waiting
+        thread's ``threading.Event``), and the server calls this again."""
+        if wait <= 0:
+            return self.changes(since, limit, prefix, key, values)
+        first = park.deadline is None
+        if first:
+            park.deadline = time.monotonic() + wait
+            self._add_watch(park, prefix, key)
+            counted = False
+
+            def release() -> None:
+                if counted:
+                    with self._watch_lock:
+                        self._watching -= 1
+                self._drop_watch(park, prefix, key)
+
+            park.release = release
+        try:
+            # The first look, after the registration; or a look after a set (cleared before it
+            # by the server: a commit during the look sets it again).
+            records, last_seq = self._looks.call(since, limit, prefix, key, values)
+            if first and not (records or since > last_seq or self.stopping):
+                self._count_watch()
+                counted = True
+        except BaseException:
+            park.done()
+            raise
+        if records or since > last_seq or self.stopping or time.monotonic() >= park.deadline:
+            park.done()
+            return records, last_seq
+        park.hold()
+        return None
+
+    def _add_watch(self, woken: Any, prefix: str, key: str | None) -> None:
+        """Register ``woken`` (its ``set()`` is called) for commits on ``key``, or under
+        ``prefix`` when ``key`` is None."""
+        watches, name = (
+            (self._key_watches, key) if key is not None else (self._prefix_watches, prefix)
+        )
+        with self._watch_lock:
+            watches.setdefault(name, set()).add(woken)
+
+    def _drop_watch(self, woken: Any, prefix: str, key: str | None) -> None:
+        watches, name = (
+            (self._key_watches, key) if key is not None else (self._prefix_watches, prefix)
+        )
+        with self._watch_lock:
+            group = watches[name]
+            group.discard(woken)
+            if not group:
+                del watches[name]
+
+    def _count_watch(self) -> None:
+        """Count a watch that waits, or raise ``TooManyWatchers`` at ``max_watchers``."""
+        with self._watch_lock:
+            if self._watching >= self.settings.max_watchers:
+                raise TooManyWatchers(
+                    f"{self._watching} watches are waiting, the limit (max_watchers) is "
+                    f"{self.settings.max_watchers}; retry, or poll without wait"
+                )
+            self._watching += 1
 
     @property
     def watchers(self) -> int:
@@ -746,8 +809,17 @@ class Node:
                 groups = [*self._key_watches.values(), *self._prefix_watches.values()]
             else:
                 groups = []
+                prefixes = self._prefix_watches
                 for key in keys:
-                    groups += [g for p, g in self._prefix_watches.items() if key.startswith(p)]
+                    # The prefixes watched, or the key's own prefixes, whichever are fewer: a
+                    # fleet whose machines each watch a prefix of their own has thousands.
+                    if len(prefixes) <= len(key):
+                        groups += [g for p, g in prefixes.items() if key.startswith(p)]
+                    else:
+                        for end in range(len(key) + 1):
+                            group = prefixes.get(key[:end])
+                            if group is not None:
+                                groups.append(group)
                     if key in self._key_watches:
                         groups.append(self._key_watches[key])
             for group in groups:

@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.parse
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from navistore.app import create_app
 from navistore.errors import SettingsError
 from navistore.eventloop import EventLoop
 from navistore.node import Node, largest_request
+from navistore.parking import Deadlines, Parked, ParkingTask, first_request, is_watch
 from navistore.settings import Settings, read_token_files
 from navistore.store import dump_json
 
@@ -55,6 +55,9 @@ FD_SETSIZE = 1024
 #: PUT unchanged; 3 and 4 measured in between. Python runs one thread at a time: each runnable
 #: thread more only adds GIL hand-overs (context switches: 8 a GET with 8 running, 3 with 2).
 RUNNING = 2
+#: Threads for watches, besides ``threads``: a watch waits with no thread (``navistore.parking``),
+#: and holds one only to look at the store, and to answer.
+WATCH_THREADS = 4
 
 
 class _JsonFormatter(logging.Formatter):
@@ -95,8 +98,8 @@ def configure_logging(log_format: str) -> logging.handlers.QueueListener:
 
 def reserved_files(settings: Settings) -> int:
     """Open files kept for other than client connections: a few per worker thread (the store's
-    files, a watch's), the listening socket, logs, peers."""
-    return 4 * (settings.threads + settings.max_watchers) + 64
+    files), the listening socket, logs, peers."""
+    return 4 * (settings.threads + WATCH_THREADS) + 64
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -122,7 +125,7 @@ def raise_open_file_limit(wanted: int) -> int:
 def server_options(settings: Settings, open_files: int | None = None) -> dict[str, Any]:
     """waitress's settings for these Navistore settings; ``open_files``: the most this process
     may have open (the connections are held below it)."""
-    threads = settings.threads + settings.max_watchers
+    threads = settings.threads + WATCH_THREADS
     connections = settings.max_connections
     if open_files is not None:
         connections = min(connections, max(16, open_files - reserved_files(settings)))
@@ -145,21 +148,12 @@ def server_options(settings: Settings, open_files: int | None = None) -> dict[st
     }
 
 
-def _is_watch(task: Any) -> bool:
-    """Whether a request is a watch (``/v1/changes`` with ``wait``): names decoded as the app
-    decodes them, so that a watch spelled ``%77ait=`` cannot take an ordinary request's slot."""
-    request = getattr(task, "request", None)
-    if getattr(request, "path", None) != "/v1/changes":  # waitress has unquoted it
-        return False
-    query = getattr(request, "query", "") or ""
-    return "wait" in urllib.parse.parse_qs(query, keep_blank_values=True)
-
-
 class Dispatcher(ThreadedTaskDispatcher):
-    """waitress's thread pool, with ``threads`` + ``max_watchers`` threads, that takes on at most
+    """waitress's thread pool, with ``threads`` + ``WATCH_THREADS`` threads, that takes on at most
     ``threads`` ordinary requests at once and lets only ``RUNNING`` of them run at a time: the
     others are waiting (``navistore.slots.waiting``, around a commit). Watches
-    (``/v1/changes?wait=...``) have the other threads, queue apart and go first.
+    (``/v1/changes?wait=...``, which hold a thread only to look and to answer) have the other
+    threads, queue apart and go first.
 
     Why so few at a time: every thread that gives the GIL up and takes it back waits behind the
     runnable threads (see ``navistore.slots``). With waitress's pool all 40 threads took ordinary
@@ -257,7 +251,7 @@ class Dispatcher(ThreadedTaskDispatcher):
 
     def add_task(self, task: Any) -> None:
         with self.lock:
-            if _is_watch(task):
+            if is_watch(first_request(task)):
                 self.watches.append(task)
                 self._wake_one()
             else:
@@ -313,7 +307,10 @@ class JsonErrorTask(ErrorTask):
 
 class Channel(HTTPChannel):
     """waitress's connection, telling the server's ``EventLoop`` (when it has one) when it opens,
-    when it closes, and which thread serves it."""
+    when it closes, and which thread serves it; and holding a watch request without a thread
+    while it waits (``navistore.parking``)."""
+
+    task_class = ParkingTask
 
     def add_channel(self, map: Any = None) -> None:
         super().add_channel(map)
@@ -326,11 +323,30 @@ class Channel(HTTPChannel):
         if loop is not None:
             loop.closing(self)
         super().del_channel(map)
+        for request in list(self.requests):  # a watch waiting for a change waits no more
+            park = getattr(request, "navistore_park", None)
+            if park is not None:
+                park.close()
+
+    def readable(self) -> bool:
+        """As waitress's, and also while the one request in hand is a watch waiting with no
+        thread: a client that hangs up is seen at once (and more data waits in the buffer)."""
+        requests = self.requests
+        if len(requests) == 1 and not (
+            self.will_close or self.close_when_flushed or self.total_outbufs_len
+        ):
+            park = getattr(requests[0], "navistore_park", None)
+            if park is not None and park.waiting():
+                return True
+        return bool(super().readable())
 
     def service(self) -> None:
         eventloop.serving(self)
         try:
             super().service()
+        except Parked:  # the watch waits with no thread; nothing was written
+            self.requests[0].navistore_park.let_go()
+            self.server.pull_trigger()  # the loop looks again: readable, and the deadline
         finally:
             eventloop.serving(None)
 
@@ -364,9 +380,11 @@ def make_server(
         server = waitress.create_server(app, _dispatcher=dispatcher, **options)
     channel = json_error_channel(settings)
     loop = EventLoop(socket_map(server)) if EventLoop.available() else None
+    server.deadlines = Deadlines()  # of the watches waiting with no thread (navistore.parking)
     serving = listeners(server)
     for listener in serving:
         listener.channel_class = channel
+        listener.deadlines = server.deadlines
         if loop is not None:
             loop.install(listener)
     server.event_loop = loop
@@ -395,13 +413,18 @@ def _url(listener: BaseWSGIServer) -> str:
 def poll_once(server: Any, timeout: float) -> None:
     """One turn of the event loop on ``server``: ours (``EventLoop``), or where there is no epoll,
     waitress's, with the loop that its settings chose."""
+    deadlines = getattr(server, "deadlines", None)
+    if deadlines is not None:
+        timeout = deadlines.timeout(timeout)
     loop = getattr(server, "event_loop", None)
     if loop is not None:
         loop.turn(timeout)
-        return
-    server.asyncore.loop(
-        timeout=timeout, map=socket_map(server), use_poll=server.adj.asyncore_use_poll, count=1
-    )
+    else:
+        server.asyncore.loop(
+            timeout=timeout, map=socket_map(server), use_poll=server.adj.asyncore_use_poll, count=1
+        )
+    if deadlines is not None:
+        deadlines.fire()
 
 
 def _is_loopback(host: str) -> bool:

@@ -167,7 +167,12 @@ SETTINGS: tuple[Setting, ...] = (
         "replicator", _text, None, "replication strategy (default: peer-push when peers are set)"
     ),
     Setting("max_value_size", _int_between(1, 64 * MIB), MIB, "largest value in bytes"),
-    Setting("max_watchers", _int_between(0, 1024), 32, "most watches waiting at once"),
+    Setting(
+        "max_watchers",
+        _int_between(0, 1_000_000),
+        10_000,
+        "most watches waiting at once (each holds a connection while it waits, not a thread)",
+    ),
     Setting(
         "max_connections",
         _int_between(1, 1_000_000),
@@ -208,7 +213,7 @@ class Settings:
     peer_token: str | None = None
     replicator: str | None = None
     max_value_size: int = MIB
-    max_watchers: int = 32
+    max_watchers: int = 10_000
     max_connections: int = 10_000
     log_format: str = "text"
     access_log: bool = False

@@ -17,7 +17,13 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 import navistore.server
 from navistore.client import Client, Forbidden, Unauthorized
 from navistore.node import largest_request
-from navistore.server import SEND_BYTES, JsonErrorTask, make_server, server_options
+from navistore.server import (
+    SEND_BYTES,
+    WATCH_THREADS,
+    JsonErrorTask,
+    make_server,
+    server_options,
+)
 from navistore.settings import Settings
 from navistore.testing.servers import ServerProcess, wait_until
 
@@ -25,7 +31,9 @@ from navistore.testing.servers import ServerProcess, wait_until
 def test_waitress_is_tuned_from_the_settings():
     settings = Settings(threads=8, max_watchers=32, max_value_size=1024 * 1024)
     options = server_options(settings)
-    assert options["threads"] == 40  # each waiting watch holds a thread of its own
+    # a waiting watch holds no thread (navistore.parking): a few more for watches to look
+    assert options["threads"] == 8 + WATCH_THREADS
+    assert server_options(Settings(threads=8, max_watchers=100_000))["threads"] == 8 + WATCH_THREADS
     # a fleet of clients, each with a keep-alive connection, is served (test_many_connections)
     assert options["connection_limit"] == settings.max_connections + 2  # + listener and trigger
     assert options["max_request_body_size"] == 8 * 1024 * 1024 + 64 * 1024
@@ -37,7 +45,7 @@ def test_waitress_is_tuned_from_the_settings():
     assert server_options(Settings(max_connections=500))["asyncore_use_poll"] is False
     assert server_options(Settings(max_connections=500, threads=256))["asyncore_use_poll"] is True
     # held below the open files this process may have, less those kept for the rest
-    assert server_options(settings, open_files=1024)["connection_limit"] == 1024 - 224 + 2
+    assert server_options(settings, open_files=1024)["connection_limit"] == 1024 - 112 + 2
     # ... and never above max_connections, however few it asks for
     assert server_options(Settings(max_connections=5), open_files=20000)["connection_limit"] == 7
     big = Settings(max_value_size=32 * 1024 * 1024)
@@ -53,7 +61,7 @@ def test_send_bytes_is_in_effect():
         # waitress deprecated send_bytes but honours it in 3.x, which pyproject pins: if a new
         # waitress drops it, this fails instead of GETs silently getting slower.
         assert server.adj.send_bytes == SEND_BYTES
-        assert server.adj.threads == settings.threads + settings.max_watchers
+        assert server.adj.threads == settings.threads + WATCH_THREADS
         # our pool, through waitress's create_server(_dispatcher=...): if a waitress release
         # stops honouring it, this fails instead of the pool silently becoming waitress's own
         from navistore.server import Dispatcher
@@ -188,9 +196,9 @@ def test_a_watch_finds_a_thread_when_ordinary_requests_fill_their_slots():
     ],
 )
 def test_watches_are_told_apart_as_the_app_reads_them(path, query, watch):
-    from navistore.server import _is_watch
+    from navistore.parking import first_request, is_watch
 
-    assert _is_watch(_Task(path, query, lambda: None)) is watch
+    assert is_watch(first_request(_Task(path, query, lambda: None))) is watch
 
 
 def test_a_request_waiting_for_a_commit_gives_its_run_slot_to_the_next():

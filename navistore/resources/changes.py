@@ -10,6 +10,7 @@ from navistore import _http
 from navistore.errors import InvalidRequest
 from navistore.limits import DEFAULT_LIMIT, MAX_LIMIT
 from navistore.node import Node
+from navistore.parking import PARK
 from navistore.record import Record
 
 MAX_WAIT = 600
@@ -30,9 +31,18 @@ class ChangesResource:
         prefix, key = params.get("prefix", ""), params.get("key")
         # The wait, and the look the watches share, read no values; with values=true, the page
         # found is read again with them, cut before 4 MiB (the client goes on from its last seq).
-        records, last_seq = self.node.watch(
-            since, limit, prefix=prefix, key=key, wait=wait, values=False
-        )
+        park = req.env.get(PARK)
+        if park is None:  # a server that cannot hold a watch without a thread: wait in this one
+            records, last_seq = self.node.watch(
+                since, limit, prefix=prefix, key=key, wait=wait, values=False
+            )
+        else:
+            answer = self.node.watch_parked(
+                park, since, limit, prefix=prefix, key=key, wait=wait, values=False
+            )
+            if answer is None:  # it waits, with no thread: the server asks again when woken
+                return
+            records, last_seq = answer
         if values and records:
             records = self.node.fill_values(records, since, prefix, key)
             if not records:  # cannot happen (see fill_values); if it did, stay where we are

@@ -1,0 +1,307 @@
+"""Watches that wait without a thread (``navistore.parking``), against a real ``navistore serve``.
+
+Before, each waiting watch held a server thread, and ``max_watchers`` (32, at most 1,024) was how
+many threads a server kept for them: a fleet of machines each following its configuration got 429
+past the 32nd, and a watcher that hung up kept its thread until its wait ran out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import urllib.request
+
+import pytest
+
+import navistore.server
+from navistore.client import Client
+from navistore.node import Node
+from navistore.parking import Deadlines, Park
+from navistore.testing.servers import ServerProcess, wait_until
+
+FLEET = 1500  # past the old bound on max_watchers (1,024)
+
+
+def _room_for(files: int) -> None:
+    have = navistore.server.raise_open_file_limit(files)
+    if have < files:
+        pytest.skip(f"this process may open {have} files (ulimit -Hn); the test needs {files}")
+
+
+def _watch(server: ServerProcess, since: int, query: str, wait: int = 60) -> bytes:
+    return (
+        f"GET /v1/changes?since={since}&{query}&wait={wait} HTTP/1.1\r\nHost: navistore\r\n\r\n"
+    ).encode()
+
+
+def _read_answer(sock: socket.socket, timeout: float = 20) -> bytes:
+    """One whole response with a Content-Length body."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found:
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            if len(body) >= length:
+                return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+
+
+def _threads(server: ServerProcess) -> int:
+    return len(os.listdir(f"/proc/{server.proc.pid}/task"))
+
+
+def _metric(server: ServerProcess, name: str) -> float:
+    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _room_for(FLEET + 400)
+    server = ServerProcess([], tmp_path_factory.mktemp("parking"))  # the defaults
+    yield server
+    server.stop()
+
+
+def test_a_fleet_of_watches_waits_with_no_thread_each_and_one_commit_answers_them_all(server):
+    threads_before = _threads(server)
+    with Client(server.url) as client:
+        since = client.status()["last_seq"]
+        fleet = [socket.create_connection((server.host, server.port)) for _ in range(FLEET)]
+        try:
+            for sock in fleet:
+                sock.sendall(_watch(server, since, "prefix=fleet/"))
+            wait_until(lambda: _metric(server, "navistore_watchers_waiting") == FLEET, 30)
+            # the server did not start a thread per watch (before: one each, and 429 past 32)
+            assert _threads(server) <= threads_before + 2
+            client.put("fleet/config", b"v2")
+            for sock in fleet:
+                answer = _read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 200 ") and b'"key":"fleet/config"' in answer
+        finally:
+            for sock in fleet:
+                sock.close()
+    wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 0)
+
+
+def test_a_watcher_that_hangs_up_gives_its_place_back_at_once(tmp_path):
+    server = ServerProcess(["--max-watchers", "2"], tmp_path)
+    try:
+        since = server.request("GET", "/v1/status").json()["last_seq"]
+        first, second = (socket.create_connection((server.host, server.port)) for _ in range(2))
+        for sock in (first, second):
+            sock.sendall(_watch(server, since, "prefix=a/", wait=600))
+        wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 2)
+        first.close()  # a thread waiting could not see this, and held its place for 600 s
+        wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 1)
+        third = socket.create_connection((server.host, server.port))
+        third.sendall(_watch(server, since, "prefix=a/", wait=600))
+        wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 2)
+        server.request("PUT", "/v1/keys/a/x", b"1")
+        for sock in (second, third):
+            assert b'"key":"a/x"' in _read_answer(sock)
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_a_held_watch_ends_at_its_deadline_and_its_connection_serves_on(server):
+    since = server.request("GET", "/v1/status").json()["last_seq"]
+    with socket.create_connection((server.host, server.port)) as sock:
+        started = time.monotonic()
+        sock.sendall(_watch(server, since, "key=quiet", wait=1))
+        answer = _read_answer(sock)
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"changes":[]' in answer
+        assert 0.95 <= took < 1.5, f"a 1 s watch answered after {took:.2f} s"
+        sock.sendall(b"GET /v1/keys/quiet HTTP/1.1\r\nHost: navistore\r\n\r\n")
+        assert _read_answer(sock).startswith(b"HTTP/1.1 404 ")
+
+
+def test_a_request_pipelined_behind_a_held_watch_is_answered_after_it_in_order(server):
+    since = server.request("GET", "/v1/status").json()["last_seq"]
+    server.request("PUT", "/v1/keys/pipe/b", b"bee")
+    with socket.create_connection((server.host, server.port)) as sock:
+        sock.sendall(
+            _watch(server, since + 1, "key=pipe/a", wait=30)
+            + b"GET /v1/keys/pipe/b HTTP/1.1\r\nHost: navistore\r\n\r\n"
+        )
+        time.sleep(0.3)
+        server.request("PUT", "/v1/keys/pipe/a", b"ay")
+        watch = _read_answer(sock)
+        assert b'"key":"pipe/a"' in watch
+        rest = watch.partition(b"\r\n\r\n")[2]
+        rest = rest[int(re.search(rb"(?i)content-length: *(\d+)", watch).group(1)) :]
+        sock.settimeout(10)
+        while not rest.endswith(b"bee"):
+            rest += sock.recv(65536)
+        assert rest.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_held_watch_is_timed_and_counted_once_when_it_answers(server):
+    def watch_requests() -> float:
+        text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
+        found = re.findall(
+            r'^navistore_request_duration_seconds_(count|sum)\{method="GET",'
+            r'route="/v1/changes"\} (\S+)$',
+            text,
+            re.M,
+        )
+        values = dict(found)
+        return float(values.get("count", 0)), float(values.get("sum", 0))
+
+    count, total = watch_requests()
+    since = server.request("GET", "/v1/status").json()["last_seq"]
+    answer = server.request("GET", f"/v1/changes?since={since}&key=timed&wait=1")
+    assert answer.status == 200 and answer.json()["changes"] == []
+    count_after, total_after = watch_requests()
+    assert count_after == count + 1  # held, then answered: one request
+    assert total_after - total >= 0.95  # from its arrival, not from its last look
+
+
+def test_sigterm_answers_the_held_watches(tmp_path):
+    server = ServerProcess([], tmp_path)
+    watches = [socket.create_connection((server.host, server.port)) for _ in range(50)]
+    try:
+        for sock in watches:
+            sock.sendall(_watch(server, 0, "prefix=x/", wait=600))
+        wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 50)
+        started = time.monotonic()
+        assert server.stop() == 0
+        for sock in watches:
+            assert _read_answer(sock, timeout=5).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 10
+    finally:
+        for sock in watches:
+            sock.close()
+
+
+# -- the parts, in this process ------------------------------------------------------------------
+
+
+class _Pool:
+    """Stands in for the server a Park hands its connection back to: counts the hand-overs."""
+
+    def __init__(self) -> None:
+        self.tasks: list[object] = []
+        self.server = self
+
+    def add_task(self, channel: object) -> None:
+        self.tasks.append(channel)
+
+
+def test_a_commit_while_the_watch_looks_hands_it_back_as_soon_as_its_thread_lets_go():
+    pool = _Pool()
+    park = Park(pool, Deadlines())
+    park.running()
+    park.set()  # a matching commit after the look, before the hold
+    assert pool.tasks == []  # not while a thread serves it
+    park.deadline = time.monotonic() + 60
+    park.hold()
+    park.let_go()
+    assert pool.tasks == [pool]  # at once, rather than waiting for the next commit
+    park.set()  # queued already: not twice
+    assert len(pool.tasks) == 1
+    park.running()
+    park.hold()
+    park.let_go()
+    park.set()
+    assert len(pool.tasks) == 2
+
+
+def test_a_closed_connection_drops_its_watch_once_whenever_it_closes():
+    released: list[int] = []
+    for closes_while_running in (False, True):
+        park = Park(_Pool(), Deadlines())
+        park.release = lambda: released.append(1)
+        park.running()
+        park.deadline = time.monotonic() + 60
+        park.hold()
+        if closes_while_running:
+            park.close()  # its thread is looking: it drops the watch when it lets go
+            assert released == [1]
+            park.let_go()
+        else:
+            park.let_go()
+            park.close()
+        park.done()
+    assert released == [1, 1]
+
+
+def test_deadlines_fire_in_order_and_drop_what_is_done():
+    deadlines = Deadlines()
+    pools = [_Pool() for _ in range(3)]
+    parks = [Park(pool, deadlines) for pool in pools]
+    now = time.monotonic()
+    for park, offset in zip(parks, (0.0, -1.0, 60.0), strict=True):
+        park.deadline = now + offset
+        park.release = lambda: None
+        park.hold()
+        park.let_go()
+    assert deadlines.timeout(5.0) == 0.0  # one is due: do not sleep
+    deadlines.fire()
+    assert [len(p.tasks) for p in pools] == [1, 1, 0]
+    assert 59 < deadlines.timeout(600.0) <= 60
+    parks[2].done()
+    many = [Park(_Pool(), deadlines) for _ in range(200)]
+    for park in many:
+        park.deadline, park.release = now + 100, (lambda: None)
+        park.hold()
+    for park in many:
+        park.done()  # answered long before the deadline
+    assert len(deadlines) < 100  # not kept until their deadlines came
+
+
+class _Woken:
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.release = None
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+
+    def hold(self) -> None:
+        pass
+
+    def done(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+def test_a_commit_wakes_exactly_the_watches_on_its_prefixes_however_many_there_are(
+    node: Node,
+):
+    # More prefixes watched than the key has characters: the node looks the key's own
+    # prefixes up rather than trying each watched prefix (a fleet watching a prefix each).
+    names = [f"host{n}/" for n in range(300)] + ["", "h", "host1", "host12/", "host12/c"]
+    watches = {name: _Woken() for name in names}
+    for name, woken in watches.items():
+        assert node.watch_parked(woken, 0, prefix=name, wait=60) is None
+    node.put("host12/cfg", b"1")
+    woken_names = {name for name, w in watches.items() if w.sets}
+    assert woken_names == {"", "h", "host1", "host12/", "host12/c"}
+    for woken in watches.values():
+        woken.done()
+    assert node.watchers == 0
+
+
+def test_a_watch_handed_back_to_the_pool_queues_with_the_watches():
+    from navistore.server import Dispatcher
+
+    dispatcher = Dispatcher(ordinary=1)  # no threads: only the queues are looked at
+    watch = type("Request", (), {"path": "/v1/changes", "query": "since=3&wait=60"})()
+    # A connection handed back by its Park: its request in hand is the watch, and its
+    # ``request`` (the next one, still arriving) is None.
+    channel = type("Channel", (), {"requests": [watch], "request": None})()
+    dispatcher.add_task(channel)
+    assert list(dispatcher.watches) == [channel] and not dispatcher.queue
