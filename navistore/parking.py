@@ -196,10 +196,10 @@ def is_watch(request: Any) -> bool:
     """Whether a waitress request is a watch (``/v1/changes`` with ``wait``): names decoded as the
     app decodes them, so that a watch spelled ``%77ait=`` cannot take an ordinary request's
     slot."""
-    if getattr(request, "navistore_park", None) is not None:
-        return True
     if getattr(request, "path", None) != "/v1/changes":  # waitress has unquoted it
         return False
+    if getattr(request, "navistore_park", None) is not None:
+        return True
     query = getattr(request, "query", "") or ""
     return "wait" in urllib.parse.parse_qs(query, keep_blank_values=True)
 
@@ -215,19 +215,23 @@ class ParkingTask(WSGITask):
     """waitress's WSGI task, giving a watch request its ``Park`` (kept on the request, so that the
     same one comes back at each look) and raising ``Parked`` when the app held it."""
 
+    park: Park | None = None
+
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
         request = self.request
+        if request.path != "/v1/changes":  # the rest pay one comparison
+            return environ
         park = getattr(request, "navistore_park", None)
         if park is None and is_watch(request):
             park = request.navistore_park = Park(self.channel, self.channel.server.deadlines)
         if park is not None:
             park.running()
-            environ[PARK] = park
+            self.channel.__dict__.pop("readable", None)  # see Channel.service
+            environ[PARK] = self.park = park
         return environ
 
     def execute(self) -> None:
         super().execute()
-        park = getattr(self.request, "navistore_park", None)
-        if park is not None and park.holding:
+        if self.park is not None and self.park.holding:
             raise Parked

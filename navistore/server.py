@@ -328,9 +328,23 @@ class Channel(HTTPChannel):
             if park is not None:
                 park.close()
 
-    def readable(self) -> bool:
-        """As waitress's, and also while the one request in hand is a watch waiting with no
-        thread: a client that hangs up is seen at once (and more data waits in the buffer)."""
+    def service(self) -> None:
+        eventloop.serving(self)
+        try:
+            super().service()
+        except Parked:  # the watch waits with no thread; nothing was written
+            # Readable while it waits, so that a client that hangs up is seen at once: set on
+            # this connection only (the task takes it off when the watch runs again), so that
+            # the others' readable() stays waitress's own.
+            self.readable = self._readable_while_held
+            self.requests[0].navistore_park.let_go()
+            self.server.pull_trigger()  # the loop looks again: readable, and the deadline
+        finally:
+            eventloop.serving(None)
+
+    def _readable_while_held(self) -> bool:
+        """As waitress's ``readable``, and also while the one request in hand is a watch that
+        waits with no thread (more data, a request behind it, stays in the buffer)."""
         requests = self.requests
         if len(requests) == 1 and not (
             self.will_close or self.close_when_flushed or self.total_outbufs_len
@@ -338,17 +352,7 @@ class Channel(HTTPChannel):
             park = getattr(requests[0], "navistore_park", None)
             if park is not None and park.waiting():
                 return True
-        return bool(super().readable())
-
-    def service(self) -> None:
-        eventloop.serving(self)
-        try:
-            super().service()
-        except Parked:  # the watch waits with no thread; nothing was written
-            self.requests[0].navistore_park.let_go()
-            self.server.pull_trigger()  # the loop looks again: readable, and the deadline
-        finally:
-            eventloop.serving(None)
+        return bool(HTTPChannel.readable(self))
 
 
 def json_error_channel(settings: Settings) -> type[HTTPChannel]:
