@@ -147,6 +147,10 @@ class Node:
         # (``watch_parked``); a commit calls its ``set()``.
         self._key_watches: dict[str, set[Any]] = {}
         self._prefix_watches: dict[str, set[Any]] = {}
+        # How many of the prefixes watched have each length: a commit looks its key's prefixes
+        # of those lengths up, rather than trying every prefix watched (a fleet whose machines
+        # each watch a prefix of their own has thousands, mostly of one or two lengths).
+        self._prefix_lengths: dict[int, int] = {}
         self._watching = 0  # watches waiting, for max_watchers
         #: Client connections open now, and the most the server holds at once: set by the server
         #: that serves this node (``make_server``), for /metrics; None when none does.
@@ -533,11 +537,16 @@ class Node:
     def _add_watch(self, woken: Any, prefix: str, key: str | None) -> None:
         """Register ``woken`` (its ``set()`` is called) for commits on ``key``, or under
         ``prefix`` when ``key`` is None."""
-        watches, name = (
-            (self._key_watches, key) if key is not None else (self._prefix_watches, prefix)
-        )
         with self._watch_lock:
-            watches.setdefault(name, set()).add(woken)
+            if key is not None:
+                self._key_watches.setdefault(key, set()).add(woken)
+                return
+            group = self._prefix_watches.get(prefix)
+            if group is None:
+                group = self._prefix_watches[prefix] = set()
+                lengths = self._prefix_lengths
+                lengths[len(prefix)] = lengths.get(len(prefix), 0) + 1
+            group.add(woken)
 
     def _drop_watch(self, woken: Any, prefix: str, key: str | None) -> None:
         watches, name = (
@@ -546,8 +555,14 @@ class Node:
         with self._watch_lock:
             group = watches[name]
             group.discard(woken)
-            if not group:
-                del watches[name]
+            if group:
+                return
+            del watches[name]
+            if key is None:
+                lengths = self._prefix_lengths
+                lengths[len(prefix)] -= 1
+                if not lengths[len(prefix)]:
+                    del lengths[len(prefix)]
 
     def _count_watch(self) -> None:
         """Count a watch that waits, or raise ``TooManyWatchers`` at ``max_watchers``."""
@@ -809,15 +824,11 @@ class Node:
                 groups = [*self._key_watches.values(), *self._prefix_watches.values()]
             else:
                 groups = []
-                prefixes = self._prefix_watches
+                prefixes, lengths = self._prefix_watches, self._prefix_lengths
                 for key in keys:
-                    # The prefixes watched, or the key's own prefixes, whichever are fewer: a
-                    # fleet whose machines each watch a prefix of their own has thousands.
-                    if len(prefixes) <= len(key):
-                        groups += [g for p, g in prefixes.items() if key.startswith(p)]
-                    else:
-                        for end in range(len(key) + 1):
-                            group = prefixes.get(key[:end])
+                    for length in lengths:  # the key's prefixes of the lengths watched
+                        if length <= len(key):
+                            group = prefixes.get(key[:length])
                             if group is not None:
                                 groups.append(group)
                     if key in self._key_watches:

@@ -281,8 +281,8 @@ class _Woken:
 def test_a_commit_wakes_exactly_the_watches_on_its_prefixes_however_many_there_are(
     node: Node,
 ):
-    # More prefixes watched than the key has characters: the node looks the key's own
-    # prefixes up rather than trying each watched prefix (a fleet watching a prefix each).
+    # The node looks up the key's prefixes of the lengths watched, rather than trying each
+    # prefix watched (a fleet watching a prefix each): every length, and only a match, wakes.
     names = [f"host{n}/" for n in range(300)] + ["", "h", "host1", "host12/", "host12/c"]
     watches = {name: _Woken() for name in names}
     for name, woken in watches.items():
@@ -293,6 +293,9 @@ def test_a_commit_wakes_exactly_the_watches_on_its_prefixes_however_many_there_a
     for woken in watches.values():
         woken.done()
     assert node.watchers == 0
+    node.put("host12/cfg", b"2")  # nothing left to wake, and nothing kept for it
+    assert all(w.sets == 1 for w in watches.values() if w.sets)
+    assert not node._prefix_watches and not node._prefix_lengths
 
 
 def test_a_watch_handed_back_to_the_pool_queues_with_the_watches():
