@@ -14,6 +14,7 @@ from navistore.accesslog import AccessLog, AccessLogWriter
 from navistore.metrics import Metrics
 from navistore.node import Node
 from navistore.openapi import OpenApiResource, describe
+from navistore.parking import PARK
 from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
 from navistore.resources.keys import KeyResource, KeysResource
@@ -97,6 +98,9 @@ class TokenAuth:
     ) -> None:
         if not req.path.startswith("/v1"):
             return
+        park = req.env.get(PARK)
+        if park is not None and park.deadline is not None:
+            return  # a watch held since it was let in: a token rotated meanwhile lets it stay
         client, peer_token, reader = self._current()
         peer = getattr(resource, "navistore_auth", "client") == "peer"
         expected = peer_token if peer else client

@@ -232,6 +232,15 @@ class ParkingTask(WSGITask):
         return environ
 
     def execute(self) -> None:
-        super().execute()
-        if self.park is not None and self.park.holding:
-            raise Parked
+        try:
+            super().execute()
+        except BaseException:
+            if self.park is not None:  # whatever failed, the watch waits no more
+                self.park.holding = False
+                self.park.done()
+            raise
+        park = self.park
+        if park is not None:
+            if park.holding:
+                raise Parked
+            park.done()  # answered, by the node or by an error before it: registered no more

@@ -308,3 +308,60 @@ def test_a_watch_handed_back_to_the_pool_queues_with_the_watches():
     channel = type("Channel", (), {"requests": [watch], "request": None})()
     dispatcher.add_task(channel)
     assert list(dispatcher.watches) == [channel] and not dispatcher.queue
+
+
+def test_a_held_watch_stays_when_the_token_is_rotated_and_is_answered(tmp_path):
+    # README: rotating a token (SIGHUP) lets the watches waiting stay. A held watch is looked at
+    # again after the rotation with the token it came with: it must not get 401 then.
+    import signal
+
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    server = ServerProcess(["--token-file", str(token)], tmp_path)
+    try:
+        with socket.create_connection((server.host, server.port)) as sock:
+            sock.sendall(
+                b"GET /v1/changes?since=0&prefix=r/&wait=60 HTTP/1.1\r\nHost: n\r\n"
+                b"Authorization: Bearer first\r\n\r\n"
+            )
+            time.sleep(0.5)  # it waits
+            token.write_text("second\n")
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: "tokens read again from" in "".join(server.log), 10)
+            Client(server.url, token="second").put("r/k", b"v")
+            answer = _read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b'"key":"r/k"' in answer
+        with Client(server.url, token="second") as client:
+            text = client.request("GET", "/metrics")[2].decode()
+        assert "navistore_watchers_waiting 0.0" in text
+    finally:
+        server.stop()
+
+
+def test_a_held_watch_whose_look_fails_answers_the_error_and_waits_no_more(node: Node):
+    from navistore.parking import ParkingTask
+
+    class _Channel:
+        """What a task needs of its connection for this: the server's deadlines, no socket."""
+
+        def __init__(self) -> None:
+            self.server = self
+            self.deadlines = Deadlines()
+
+        def add_task(self, channel: object) -> None:
+            pass
+
+    park = Park(_Channel(), Deadlines())
+    assert node.watch_parked(park, 0, prefix="f/", wait=60) is None  # held
+    assert node.watchers == 1
+    task = ParkingTask.__new__(ParkingTask)  # only execute's bookkeeping is exercised
+    task.park = park
+
+    def failing_look() -> None:
+        raise RuntimeError("the store failed while the watch looked again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("waitress.task.WSGITask.execute", lambda self: failing_look())
+        with pytest.raises(RuntimeError):
+            task.execute()
+    assert node.watchers == 0  # released, where it stayed counted until a restart
