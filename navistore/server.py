@@ -153,7 +153,7 @@ class Dispatcher(ThreadedTaskDispatcher):
     ``threads`` ordinary requests at once and lets only ``RUNNING`` of them run at a time: the
     others are waiting (``navistore.slots.waiting``, around a commit). Watches
     (``/v1/changes?wait=...``, which hold a thread only to look and to answer) have the other
-    threads, queue apart and go first.
+    threads and queue apart; with both waiting, the two queues take turns.
 
     Why so few at a time: every thread that gives the GIL up and takes it back waits behind the
     runnable threads (see ``navistore.slots``). With waitress's pool all 40 threads took ordinary
@@ -169,6 +169,7 @@ class Dispatcher(ThreadedTaskDispatcher):
         self.admitted = 0  # ordinary requests taken on and not finished
         self.running = 0  # of those, the ones not waiting
         self.watches: collections.deque = collections.deque()
+        self.ordinary_turn = False  # with both kinds waiting, whose turn it is (_next_task)
         self.idle: list[threading.Lock] = []  # each sleeping thread's wake-up, latest last
         self.waking = 0  # threads woken that have not yet looked for a task
 
@@ -186,10 +187,17 @@ class Dispatcher(ThreadedTaskDispatcher):
         )
 
     def _next_task(self) -> tuple[Any, bool]:
-        """(task, whether it is ordinary), or (None, False); under ``self.lock``."""
-        if self.watches:
+        """(task, whether it is ordinary), or (None, False); under ``self.lock``. With both
+        kinds waiting, they take turns: one commit may wake thousands of watches, and ordinary
+        requests waited for all of them (a GET for 656 ms, while one PUT woke 5,000)."""
+        ordinary = (
+            self.queue and self.running < self.running_limit and self.admitted < self.ordinary
+        )
+        if self.watches and not (ordinary and self.ordinary_turn):
+            self.ordinary_turn = True
             return self.watches.popleft(), False
-        if self.queue and self.running < self.running_limit and self.admitted < self.ordinary:
+        if ordinary:
+            self.ordinary_turn = False
             self.running += 1
             self.admitted += 1
             return self.queue.popleft(), True
