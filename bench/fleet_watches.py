@@ -6,7 +6,8 @@ A waiting watch holds its connection, not a thread (``navistore.parking``). Star
 serve` (sqlite, on ``--cpus``, the last CPU by default), and on it, 32 watches, then ``--fleet``
 watches, wait on ``app/``; a PUT under it wakes them all, and the bench times until every one has
 its answer (median of ``--writes`` writes). Prints the server's threads and RSS before and with
-the watches waiting, and the fleet's time against the 32's, in the same run. About 30 s.
+the watches waiting, the fleet's time against the 32's, in the same run, and the slowest GET
+another client sent meanwhile (one after another, on a keep-alive connection). About 30 s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import socket
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -36,12 +38,40 @@ def waiting(server: ServerProcess) -> int:
     return int(float(re.search(r"^navistore_watchers_waiting (\S+)$", text, re.M).group(1)))
 
 
-def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, float, int]:
-    """Seconds from a PUT under app/ until ``count`` watches on app/ all have their answer, and
-    the server's RSS (MB) and threads while they waited."""
+class Reader:
+    """GETs one after another on a keep-alive connection, each timed: what an ordinary client
+    sees while the fleet is answered."""
+
+    def __init__(self, url: str) -> None:
+        self.times: list[tuple[float, float]] = []  # (started, seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url,), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str) -> None:
+        with Client(url) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                client.get("reader/key")
+                self.times.append((started, time.monotonic() - started))
+
+    def slowest_between(self, start: float, end: float) -> float:
+        """The longest GET that was under way at some point between ``start`` and ``end``."""
+        return max((s for t, s in self.times if t <= end and t + s >= start), default=0.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, float, int, float]:
+    """Seconds from a PUT under app/ until ``count`` watches on app/ all have their answer; the
+    server's RSS (MB) and threads while they waited; and the slowest GET of another client
+    meanwhile (seconds)."""
     since = client.status()["last_seq"]
     request = f"GET /v1/changes?since={since}&prefix=app/&wait=60 HTTP/1.1\r\nHost: b\r\n\r\n"
     watches = [socket.create_connection((server.host, server.port)) for _ in range(count)]
+    reader = None
     try:
         for sock in watches:
             sock.sendall(request.encode())
@@ -52,6 +82,8 @@ def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, 
             time.sleep(0.05)
         waiting_rss = rss_mb(server.proc.pid)
         threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))
+        reader = Reader(server.url)
+        time.sleep(0.2)
         started = time.monotonic()
         client.put("app/config", b"%d" % since)
         for sock in watches:
@@ -59,8 +91,13 @@ def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, 
             answer = sock.recv(65536)
             if b"app/config" not in answer:
                 raise SystemExit(f"a watch answered without the change: {answer[:200]!r}")
-        return time.monotonic() - started, waiting_rss, threads
+        ended = time.monotonic()
+        time.sleep(0.1)
+        reader.stop()
+        return ended - started, waiting_rss, threads, reader.slowest_between(started, ended)
     finally:
+        if reader is not None:
+            reader.stop()
         for sock in watches:
             sock.close()
 
@@ -83,24 +120,30 @@ def main() -> None:
         pid = server.proc.pid
         idle_rss = rss_mb(pid)
         with Client(server.url) as client:
+            client.put("reader/key", b"x" * 100)
             for watchers in (32, args.fleet):
                 rounds = [wake_all(server, client, watchers) for _ in range(args.writes)]
-                times = [seconds for seconds, _, _ in rounds]
-                waiting_rss = max(rss for _, rss, _ in rounds)
-                threads = max(threads for _, _, threads in rounds)
-                rows.append((watchers, threads, idle_rss, waiting_rss, statistics.median(times)))
+                times = [r[0] for r in rounds]
+                waiting_rss = max(r[1] for r in rounds)
+                threads = max(r[2] for r in rounds)
+                slowest = max(r[3] for r in rounds)
+                median = statistics.median(times)
+                rows.append((watchers, threads, idle_rss, waiting_rss, median, slowest))
     finally:
         server.stop()
     print(
         f"watches on one prefix, all woken by one PUT; median of {args.writes} writes; server on "
         f"CPUs {args.cpus or 'any'}; ratio: against 32 watches, in this run"
     )
-    print(f"{'watches':>8} {'threads':>8} {'RSS idle':>9} {'waiting':>10} {'all answered':>13}")
+    print(
+        f"{'watches':>8} {'threads':>8} {'RSS idle':>9} {'waiting':>10} {'all answered':>13}"
+        f"{'':>8} {'slowest GET meanwhile':>22}"
+    )
     base = rows[0][4]
-    for watchers, threads, idle_rss, waiting_rss, seconds in rows:
+    for watchers, threads, idle_rss, waiting_rss, seconds, slowest in rows:
         print(
             f"{watchers:>8} {threads:>8} {idle_rss:>6.0f} MB {waiting_rss:>7.0f} MB "
-            f"{seconds * 1000:>8.1f} ms  {seconds / base:5.1f}x"
+            f"{seconds * 1000:>8.1f} ms  {seconds / base:5.1f}x {slowest * 1000:>18.1f} ms"
         )
 
 
