@@ -15,10 +15,11 @@ request now lets its thread go instead:
    looks again: it answers, or holds the park once more (woken by a change it does not match).
 
 While held, the connection is readable, so a client that hangs up is seen at once and its watch
-dropped (a thread waiting could not tell). Each park is in one of three states, under its lock:
-``RUNNING`` (a thread serves it), ``HELD`` (no thread), ``QUEUED`` (handed to the pool). A set
-while it runs is remembered and hands it back as soon as its thread lets go, so no commit between a
-look and the hold is missed.
+dropped (a thread waiting could not tell). Each park is in one of four states, under its lock:
+``RUNNING`` (a thread serves it), ``HELD`` (no thread), ``QUEUED`` (handed to the pool), ``CLOSED``
+(its connection closed: the watch is dropped, by its thread if one serves it). A set while it runs
+is remembered and hands it back as soon as its thread lets go, so no commit between a look and the
+hold is missed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Parked(BaseException):
     """Raised by the task of a watch that holds its park, after the app returned and before
     anything is written, up to ``Channel.service``. A BaseException, so that waitress's handlers
     (which answer 500 to an ``Exception``) let it through."""
+
+    def __init__(self, park: Park) -> None:
+        super().__init__()
+        self.park = park
 
 
 class Park:
@@ -242,5 +247,5 @@ class ParkingTask(WSGITask):
         park = self.park
         if park is not None:
             if park.holding:
-                raise Parked
+                raise Parked(park)
             park.done()  # answered, by the node or by an error before it: registered no more

@@ -340,12 +340,12 @@ class Channel(HTTPChannel):
         eventloop.serving(self)
         try:
             super().service()
-        except Parked:  # the watch waits with no thread; nothing was written
+        except Parked as parked:  # the watch waits with no thread; nothing was written
             # Readable while it waits, so that a client that hangs up is seen at once: set on
             # this connection only (the task takes it off when the watch runs again), so that
             # the others' readable() stays waitress's own.
             self.readable = self._readable_while_held
-            self.requests[0].navistore_park.let_go()
+            parked.park.let_go()
             self.server.pull_trigger()  # the loop looks again: readable, and the deadline
         finally:
             eventloop.serving(None)
