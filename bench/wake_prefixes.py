@@ -26,28 +26,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _scratch import scratch  # noqa: E402
 
 from navistore.node import Node  # noqa: E402
+from navistore.parking import Deadlines, Park  # noqa: E402
 from navistore.settings import Settings  # noqa: E402
 
 COUNTS = (0, 100, 1_000, 10_000)
 
 
-class Held:
-    """Stands in for a ``navistore.parking.Park``: what the node calls on a held watch."""
+class NoPool:
+    """Stands in for the server a held watch's ``Park`` hands its connection back to: no PUT of
+    this bench matches a watch, so none may."""
 
-    def __init__(self) -> None:
-        self.deadline: float | None = None
-        self.release: Any = None
+    server: Any = None
 
-    def set(self) -> None:
+    def add_task(self, channel: Any) -> None:
         raise SystemExit("a PUT woke a watch it does not match")
 
-    def hold(self) -> None:
-        pass
 
-    def done(self) -> None:
-        release, self.release = self.release, None
-        if release is not None:
-            release()
+NoPool.server = NoPool()
 
 
 def scan(self: Node, keys: Any) -> None:
@@ -85,9 +80,10 @@ def main() -> None:
     rows = []
     try:
         for count in COUNTS:
-            held = [Held() for _ in range(count)]
+            held = [Park(NoPool(), Deadlines()) for _ in range(count)]
             for n, park in enumerate(held):
                 node.watch_parked(park, node.last_seq(), prefix=f"hosts/host{n:05d}/", wait=600)
+                park.let_go()  # held, as navistore serve holds it
             assert node.watchers == count
             measured = []
             for wake in (lookup, scan):

@@ -260,41 +260,25 @@ def test_deadlines_fire_in_order_and_drop_what_is_done():
     assert len(deadlines) < 100  # not kept until their deadlines came
 
 
-class _Woken:
-    def __init__(self) -> None:
-        self.deadline: float | None = None
-        self.release = None
-        self.sets = 0
-
-    def set(self) -> None:
-        self.sets += 1
-
-    def hold(self) -> None:
-        pass
-
-    def done(self) -> None:
-        release, self.release = self.release, None
-        if release is not None:
-            release()
-
-
 def test_a_commit_wakes_exactly_the_watches_on_its_prefixes_however_many_there_are(
     node: Node,
 ):
     # The node looks up the key's prefixes of the lengths watched, rather than trying each
     # prefix watched (a fleet watching a prefix each): every length, and only a match, wakes.
     names = [f"host{n}/" for n in range(300)] + ["", "h", "host1", "host12/", "host12/c"]
-    watches = {name: _Woken() for name in names}
-    for name, woken in watches.items():
-        assert node.watch_parked(woken, 0, prefix=name, wait=60) is None
+    pools = {name: _Pool() for name in names}
+    parks = {name: Park(pool, Deadlines()) for name, pool in pools.items()}
+    for name, park in parks.items():
+        assert node.watch_parked(park, 0, prefix=name, wait=60) is None
+        park.let_go()  # held: a set hands it to the pool
     node.put("host12/cfg", b"1")
-    woken_names = {name for name, w in watches.items() if w.sets}
+    woken_names = {name for name, pool in pools.items() if pool.tasks}
     assert woken_names == {"", "h", "host1", "host12/", "host12/c"}
-    for woken in watches.values():
-        woken.done()
+    for park in parks.values():
+        park.done()
     assert node.watchers == 0
     node.put("host12/cfg", b"2")  # nothing left to wake, and nothing kept for it
-    assert all(w.sets == 1 for w in watches.values() if w.sets)
+    assert all(len(pool.tasks) <= 1 for pool in pools.values())
     assert not node._prefix_watches and not node._prefix_lengths
 
 
