@@ -7,6 +7,7 @@ past the 32nd, and a watcher that hung up kept its thread until its wait ran out
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -349,3 +350,54 @@ def test_a_held_watch_whose_look_fails_answers_the_error_and_waits_no_more(node:
         with pytest.raises(RuntimeError):
             task.execute()
     assert node.watchers == 0  # released, where it stayed counted until a restart
+
+
+def test_watches_coming_going_and_hanging_up_under_writes_leave_nothing_behind(server):
+    """A bounded soak (about 4 s): 60 watchers on five prefixes watch again and again, with waits
+    of 1-2 s, a tenth of them hanging up mid-wait, while a writer writes under the prefixes.
+    Every answer holds only changes it asked for, and when they stop, no watch is left waiting
+    (one left registered would count against max_watchers until a restart)."""
+    import random
+    import threading
+
+    prefixes = [f"soak{n}/" for n in range(5)]
+    stop = threading.Event()
+    problems: list[str] = []
+    answered = [0]
+
+    def watcher(seed: int) -> None:
+        rng = random.Random(seed)
+        since = server.request("GET", "/v1/status").json()["last_seq"]
+        while not stop.is_set():
+            prefix = rng.choice(prefixes)
+            with socket.create_connection((server.host, server.port)) as sock:
+                sock.sendall(_watch(server, since, f"prefix={prefix}", wait=rng.choice((1, 2))))
+                if rng.random() < 0.1:
+                    time.sleep(rng.random() * 0.5)
+                    continue  # hangs up mid-wait
+                answer = _read_answer(sock)
+            body = json.loads(answer.partition(b"\r\n\r\n")[2])
+            for change in body["changes"]:
+                if not change["key"].startswith(prefix) or change["seq"] <= since:
+                    problems.append(f"{prefix} since {since}: {change}")
+            answered[0] += 1
+            since = body["changes"][-1]["seq"] if body["changes"] else body["last_seq"]
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            server.request("PUT", f"/v1/keys/{prefixes[n % 5]}k{n % 7}", b"%d" % n)
+            n += 1
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=watcher, args=(n,)) for n in range(60)]
+    threads.append(threading.Thread(target=writer))
+    for thread in threads:
+        thread.start()
+    time.sleep(4)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert not problems, problems[:5]
+    assert answered[0] > 100
+    wait_until(lambda: _metric(server, "navistore_watchers_waiting") == 0, 10)
