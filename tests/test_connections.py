@@ -295,5 +295,22 @@ def test_where_there_is_no_epoll_waitress_loop_serves(tmp_path, monkeypatch):
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(_get("k") + _get("k"))
             assert [a.endswith(b"\r\n\r\nv") for a in _answers(sock, 2)] == [True, True]
+        # watches wait without a thread on this loop too: woken by a commit, or at the deadline
+        since = Client(server.url).status()["last_seq"]
+        watch = "GET /v1/changes?since={}&key={}&wait={} HTTP/1.1\r\nHost: n\r\n\r\n"
+        with (
+            socket.create_connection((server.host, server.port), timeout=10) as woken,
+            socket.create_connection((server.host, server.port), timeout=10) as waits,
+        ):
+            woken.sendall(watch.format(since, "w", 30).encode())
+            started = time.monotonic()
+            waits.sendall(watch.format(since, "quiet", 1).encode())
+            wait_until(lambda: server.node.watchers == 2)
+            pool = server.server.task_dispatcher
+            wait_until(lambda: len(pool.idle) == len(pool.threads))  # no thread holds them
+            Client(server.url).put("w", b"1")
+            assert b'"key":"w"' in _answer(woken)
+            assert b'"changes":[]' in _answer(waits)
+            assert 0.95 <= time.monotonic() - started < 3
     finally:
         server.stop()
