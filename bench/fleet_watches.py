@@ -30,6 +30,7 @@ from _proc import room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
+from navistore.settings import Settings  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
 
 
@@ -114,7 +115,7 @@ def main() -> None:
     rows = []
     folder = scratch("navistore-fleet-")
     pinned = ["--cpus", args.cpus] if args.cpus else []
-    most = ["--max-watchers", str(args.fleet)] if args.fleet > 10_000 else []
+    most = ["--max-watchers", str(args.fleet)] if args.fleet > Settings().max_watchers else []
     server = ServerProcess(["--store", "sqlite:///bench.db", *most, *pinned], folder)
     try:
         pid = server.proc.pid

@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--puts", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    node = Node(Settings(store=f"sqlite:///{scratch('navistore-wake-')}/bench.db"))
+    store = f"sqlite:///{scratch('navistore-wake-')}/bench.db"
+    node = Node(Settings(store=store, max_watchers=max(COUNTS)))
     lookup = Node._wake_watches
     rows = []
     try:

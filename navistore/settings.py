@@ -170,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_watchers",
         _int_between(0, 1_000_000),
-        10_000,
+        8_000,
         "most watches waiting at once (each holds a connection while it waits, not a thread)",
     ),
     Setting(
@@ -213,7 +213,7 @@ class Settings:
     peer_token: str | None = None
     replicator: str | None = None
     max_value_size: int = MIB
-    max_watchers: int = 10_000
+    max_watchers: int = 8_000  # below max_connections: the rest get 429, not a wait to connect
     max_connections: int = 10_000
     log_format: str = "text"
     access_log: bool = False

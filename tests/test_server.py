@@ -35,6 +35,9 @@ def test_waitress_is_tuned_from_the_settings():
     # a waiting watch holds no thread (navistore.parking): a few more for watches to look
     assert options["threads"] == 8 + WATCH_THREADS
     assert server_options(Settings(threads=8, max_watchers=100_000))["threads"] == 8 + WATCH_THREADS
+    # each waiting watch holds a connection: by default watches leave connections for the rest
+    # (a watch past max_watchers gets 429, which clients retry; past max_connections one waits)
+    assert Settings().max_watchers < Settings().max_connections
     # a fleet of clients, each with a keep-alive connection, is served (test_many_connections)
     assert options["connection_limit"] == settings.max_connections + 2  # + listener and trigger
     assert options["max_request_body_size"] == 8 * 1024 * 1024 + 64 * 1024
