@@ -1,13 +1,22 @@
-"""What a bench reads of a process, and asks of its own: resident memory, room for open files."""
+"""What a bench reads of a process, and asks of its own: CPU time, resident memory, room for open
+files."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from navistore.server import raise_open_file_limit  # noqa: E402
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads; or of its thread ``tid`` alone."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

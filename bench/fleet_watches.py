@@ -6,8 +6,10 @@ A waiting watch holds its connection, not a thread (``navistore.parking``). Star
 serve` (sqlite, on ``--cpus``, the last CPU by default), and on it, 32 watches, then ``--fleet``
 watches, wait on ``app/``; a PUT under it wakes them all, and the bench times until every one has
 its answer (median of ``--writes`` writes). Prints the server's threads and RSS before and with
-the watches waiting, the fleet's time against the 32's, in the same run, and the slowest GET
-another client sent meanwhile (one after another, on a keep-alive connection). About 30 s.
+the watches waiting, the fleet's time against the 32's, in the same run, the slowest GET another
+client sent meanwhile (one after another, on a keep-alive connection), and the server's CPU per
+answer (with that client's GETs: its share is small beside thousands of answers), and of it the
+loop's, which writes the answers out (from /proc). About 30 s.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _proc import room_for_files, rss_mb  # noqa: E402
+from _proc import cpu_seconds, room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
@@ -65,10 +67,11 @@ class Reader:
         self._thread.join()
 
 
-def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, float, int, float]:
+def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, ...]:
     """Seconds from a PUT under app/ until ``count`` watches on app/ all have their answer; the
-    server's RSS (MB) and threads while they waited; and the slowest GET of another client
-    meanwhile (seconds)."""
+    server's RSS (MB) and threads while they waited; the slowest GET of another client meanwhile
+    (seconds); and the server's CPU per answer (seconds, with the reader's GETs), all of it and
+    its loop's (the main thread, which writes the answers out)."""
     since = client.status()["last_seq"]
     request = f"GET /v1/changes?since={since}&prefix=app/&wait=60 HTTP/1.1\r\nHost: b\r\n\r\n"
     watches = [socket.create_connection((server.host, server.port)) for _ in range(count)]
@@ -85,6 +88,8 @@ def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, 
         threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))
         reader = Reader(server.url)
         time.sleep(0.2)
+        pid = server.proc.pid
+        cpu_before = cpu_seconds(pid), cpu_seconds(pid, pid)
         started = time.monotonic()
         client.put("app/config", b"%d" % since)
         for sock in watches:
@@ -93,9 +98,12 @@ def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, 
             if b"app/config" not in answer:
                 raise SystemExit(f"a watch answered without the change: {answer[:200]!r}")
         ended = time.monotonic()
+        used = cpu_seconds(pid) - cpu_before[0]
+        in_loop = cpu_seconds(pid, pid) - cpu_before[1]
         time.sleep(0.1)
         reader.stop()
-        return ended - started, waiting_rss, threads, reader.slowest_between(started, ended)
+        slowest = reader.slowest_between(started, ended)
+        return ended - started, waiting_rss, threads, slowest, used / count, in_loop / count
     finally:
         if reader is not None:
             reader.stop()
@@ -129,7 +137,9 @@ def main() -> None:
                 threads = max(r[2] for r in rounds)
                 slowest = max(r[3] for r in rounds)
                 median = statistics.median(times)
-                rows.append((watchers, threads, idle_rss, waiting_rss, median, slowest))
+                cpu = statistics.median(r[4] for r in rounds)
+                loop = statistics.median(r[5] for r in rounds)
+                rows.append((watchers, threads, idle_rss, waiting_rss, median, slowest, cpu, loop))
     finally:
         server.stop()
     print(
@@ -138,13 +148,18 @@ def main() -> None:
     )
     print(
         f"{'watches':>8} {'threads':>8} {'RSS idle':>9} {'waiting':>10} {'all answered':>13}"
-        f"{'':>8} {'slowest GET meanwhile':>22}"
+        f"{'':>8} {'slowest GET meanwhile':>22} {'CPU per answer (loop)':>22}"
     )
     base = rows[0][4]
-    for watchers, threads, idle_rss, waiting_rss, seconds, slowest in rows:
+    for watchers, threads, idle_rss, waiting_rss, seconds, slowest, cpu, loop in rows:
         print(
             f"{watchers:>8} {threads:>8} {idle_rss:>6.0f} MB {waiting_rss:>7.0f} MB "
-            f"{seconds * 1000:>8.1f} ms  {seconds / base:5.1f}x {slowest * 1000:>18.1f} ms"
+            f"{seconds * 1000:>8.1f} ms  {seconds / base:5.1f}x {slowest * 1000:>18.1f} ms "
+            + (  # /proc counts CPU in 10 ms ticks: too coarse for a short fan-out
+                f"{cpu * 1e6:>12.0f} us ({loop * 1e6:.0f})"
+                if cpu * watchers >= 0.2
+                else f"{'(too short to time)':>22}"
+            )
         )
 
 

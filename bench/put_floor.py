@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
 import stub  # noqa: E402
+from _proc import cpu_seconds  # noqa: E402
 from _scratch import scratch  # noqa: E402
 from load import KEYS, WORKLOADS, load_keys, start_stub  # noqa: E402
-from revisions import cpu_seconds  # noqa: E402
 
 from navistore.testing.servers import ServerProcess  # noqa: E402
 

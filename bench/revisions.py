@@ -32,18 +32,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _wrk  # noqa: E402
+from _proc import cpu_seconds  # noqa: E402
 from _scratch import scratch  # noqa: E402
 from load import WORKLOADS, load_keys  # noqa: E402
 
 from navistore.testing.servers import ServerProcess  # noqa: E402
 
 PLUGINS = ("navistore_sqlite", "navistore_peer_push")  # the plugins that live in the tree
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def serve(tree: Path, cpus: str) -> ServerProcess:
