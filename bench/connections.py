@@ -1,6 +1,7 @@
 """Idle keep-alive connections: what they cost the requests of the others, in the same run.
 
-    python bench/connections.py [--idle 0,1000,5000] [--seconds 4] [--rounds 2] [--cpus N]
+    python bench/connections.py [--idle 0,1000,5000] [--watching] [--seconds 4] [--rounds 2]
+                                [--cpus N]
 
 A fleet of clients holds a keep-alive connection each, idle between their requests. Starts two
 `navistore serve` (sqlite, 1,000 keys of 100 bytes, on ``--cpus``, the last CPU by default): one
@@ -9,7 +10,8 @@ which asks every connection on every turn). For each count of idle connections (
 GET and had its answer), drives both with wrk (GET on random keys, 16 connections) and prints
 req/s, p99 and the server's RSS, and each server's req/s as a ratio of its own with no idle
 connection, measured in the same run. Also the time a new client's first GET takes with them
-all open. Takes about a minute.
+all open. With ``--watching`` each idle connection holds a watch instead, waiting on a prefix
+nobody writes (as a fleet that follows its configuration does). Takes about a minute.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _wrk  # noqa: E402
 from _proc import room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
+from watchers import waiting  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
@@ -45,21 +48,37 @@ class WaitressLoopServer(ServerProcess):
         return [sys.executable, "-c", WAITRESS_LOOP, "serve", "--port", "0", *self.args]
 
 
-def open_idle(server: ServerProcess, sockets: list[socket.socket], count: int) -> None:
-    """Open connections until ``count`` are open, each answered once and then left idle."""
+def open_idle(
+    server: ServerProcess, sockets: list[socket.socket], count: int, watching: bool
+) -> None:
+    """Open connections until ``count`` are open, each answered once and then left idle; or, with
+    ``watching``, each holding a watch that waits."""
     request = b"GET /v1/keys/k/000000 HTTP/1.1\r\nHost: bench\r\n\r\n"
+    if watching:
+        request = b"GET /v1/changes?prefix=quiet/&since=999999&wait=600 HTTP/1.1\r\nHost: b\r\n\r\n"
+        with Client(server.url) as client:
+            since = client.status()["last_seq"]
+        request = request.replace(b"999999", b"%d" % since)
     fresh = []
     while len(sockets) + len(fresh) < count:
         sock = socket.create_connection((server.host, server.port), timeout=120)
         sock.sendall(request)
         fresh.append(sock)
-    for sock in fresh:
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.endswith(b"x" * 100):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise SystemExit("the server closed an idle connection while opening them")
-            answer += chunk
+    if watching:
+        deadline = time.monotonic() + 60
+        with Client(server.url) as client:
+            while waiting(client) < count:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{waiting(client)} of {count} watches wait after 60 s")
+                time.sleep(0.05)
+    else:
+        for sock in fresh:
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"x" * 100):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise SystemExit("the server closed an idle connection while opening them")
+                answer += chunk
     sockets.extend(fresh)
 
 
@@ -72,6 +91,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--idle", default="0,1000,5000", help="counts of idle connections")
+    parser.add_argument(
+        "--watching", action="store_true", help="each idle connection holds a watch that waits"
+    )
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cpus", default=str(max(os.sched_getaffinity(0))))
@@ -96,7 +118,7 @@ def main() -> None:
         for count in counts:
             row = {"count": count}
             for name, server in servers.items():
-                open_idle(server, idle[name], count)
+                open_idle(server, idle[name], count, args.watching)
                 started = time.monotonic()
                 with Client(server.url, timeout=120) as newcomer:
                     newcomer.get("k/000001")
@@ -122,6 +144,7 @@ def main() -> None:
         f"GET on random keys of {KEYS}, wrk -t2 -c16, {args.seconds:g} s runs, medians of "
         f"{args.rounds} rounds; servers on CPUs {args.cpus or 'any'}; ratio: req/s against the "
         "same server with no idle connection, in this run; newcomer: a new client's first GET"
+        + ("; each idle connection holds a watch" if args.watching else "")
     )
     print(
         f"{'idle':>6}  {'loop':<9} {'req/s':>8} {'ratio':>6} {'p99':>9} {'RSS':>8} {'newcomer':>9}"

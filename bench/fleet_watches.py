@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,15 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _proc import cpu_seconds, room_for_files, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
+from watchers import waiting  # noqa: E402
 
 from navistore.client import Client  # noqa: E402
 from navistore.settings import Settings  # noqa: E402
 from navistore.testing.servers import ServerProcess  # noqa: E402
-
-
-def waiting(server: ServerProcess) -> int:
-    text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
-    return int(float(re.search(r"^navistore_watchers_waiting (\S+)$", text, re.M).group(1)))
 
 
 class Reader:
@@ -80,9 +74,9 @@ def wake_all(server: ServerProcess, client: Client, count: int) -> tuple[float, 
         for sock in watches:
             sock.sendall(request.encode())
         deadline = time.monotonic() + 60
-        while waiting(server) < count:  # every watch waits
+        while waiting(client) < count:  # every watch waits
             if time.monotonic() > deadline:
-                raise SystemExit(f"{waiting(server)} of {count} watches wait after 60 s")
+                raise SystemExit(f"{waiting(client)} of {count} watches wait after 60 s")
             time.sleep(0.05)
         waiting_rss = rss_mb(server.proc.pid)
         threads = len(os.listdir(f"/proc/{server.proc.pid}/task"))
