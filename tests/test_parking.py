@@ -183,6 +183,7 @@ def test_sigterm_answers_the_held_watches(tmp_path):
     finally:
         for sock in watches:
             sock.close()
+        server.stop()  # when the test failed before it stopped the server itself
 
 
 # -- the parts, in this process ------------------------------------------------------------------
