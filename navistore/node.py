@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins  # in Node's annotations, `list` is the method Node.list: say builtins.list
+import functools
 import heapq
 import inspect
 import json
@@ -459,34 +460,17 @@ class Node:
         (the store was reset), or when the node is stopping. Each waiting watch holds a slot of
         ``max_watchers`` (``TooManyWatchers`` beyond it). A commit wakes only the watches on its
         key or on a prefix of it; one woken by several commits looks at the store once.
+
+        The calling thread waits: ``watch_parked``'s looks, with this thread for its park.
         """
-        if wait <= 0:
-            return self.changes(since, limit, prefix, key, values)
-        woken = threading.Event()
-        self._add_watch(woken, prefix, key)
+        wakeup = _Wakeup()
+        look = functools.partial(self.watch_parked, wakeup, since, limit, prefix, key, wait, values)
         try:
-            # Registered before the first look: a matching commit that the look misses sets woken.
-            records, last_seq = self._looks.call(since, limit, prefix, key, values)
-            if records or since > last_seq or self.stopping:
-                return records, last_seq
-            self._count_watch()
-            try:
-                deadline = time.monotonic() + wait
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if self.stopping or remaining <= 0 or not woken.wait(remaining):
-                        return records, last_seq
-                    woken.clear()  # before the look: a commit after it sets it again
-                    if self.stopping:
-                        return records, last_seq
-                    records, last_seq = self._looks.call(since, limit, prefix, key, values)
-                    if records:
-                        return records, last_seq
-            finally:
-                with self._watch_lock:
-                    self._watching -= 1
+            while (answer := look()) is None:
+                wakeup.wait()
+            return answer
         finally:
-            self._drop_watch(woken, prefix, key)
+            wakeup.done()  # however it ended (done already when it answered)
 
     def watch_parked(
         self,
@@ -960,6 +944,36 @@ class Node:
             "none of the If-Match etags is current" if live else "the key does not exist",
             current=live,
         )
+
+
+class _Wakeup:
+    """What ``Node.watch`` holds in ``watch_parked``'s place of a server's park: a thread that
+    waits itself, on an event, until a matching commit, the node stopping or the deadline."""
+
+    __slots__ = ("deadline", "release", "_event")
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # set by watch_parked at the first look
+        self.release: Callable[[], None] | None = None
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def hold(self) -> None:
+        pass  # the thread waits in ``wait``
+
+    def done(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+    def wait(self) -> None:
+        """Until set, or the deadline; cleared before the next look, so that a commit during it
+        sets it again."""
+        assert self.deadline is not None  # watch_parked held it
+        self._event.wait(max(0.0, self.deadline - time.monotonic()))
+        self._event.clear()
 
 
 _BATCH_FIELDS = {"op", "key", "value", "content_type", "ttl", "if_match", "if_none_match"}
