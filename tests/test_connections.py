@@ -17,51 +17,28 @@ import pytest
 import navistore.server
 from navistore.client import Client
 from navistore.settings import Settings
-from navistore.testing.servers import InProcessServer, ServerProcess, wait_until
+from navistore.testing.servers import (
+    InProcessServer,
+    ServerProcess,
+    need_open_files,
+    read_responses,
+    wait_until,
+)
 
 FLEET = 400  # waitress's limit was 180 (threads + watchers, doubled, + 100)
-
-
-def _room_for(files: int) -> None:
-    have = navistore.server.raise_open_file_limit(files)
-    if have < files:
-        pytest.skip(f"this process may open {have} files (ulimit -Hn); the test needs {files}")
 
 
 def _get(key: str) -> bytes:
     return f"GET /v1/keys/{key} HTTP/1.1\r\nHost: navistore\r\n\r\n".encode()
 
 
-def _answers(sock: socket.socket, count: int) -> list[bytes]:
-    """``count`` whole responses (headers and a Content-Length body) from ``sock``, and no more."""
-    data, answers = b"", []
-    while len(answers) < count:
-        head, found, rest = data.partition(b"\r\n\r\n")
-        if found:
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            if len(rest) >= length:
-                answers.append(head + found + rest[:length])
-                data = rest[length:]
-                continue
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {data!r}")
-        data += chunk
-    assert not data, f"more than {count} answers arrived"
-    return answers
-
-
 def _answer(sock: socket.socket) -> bytes:
-    return _answers(sock, 1)[0]
+    return read_responses(sock, 1)[0]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _room_for(FLEET + 200)
+    need_open_files(FLEET + 200)
     server = ServerProcess([], tmp_path_factory.mktemp("connections"))
     Client(server.url).put("k", b"v")
     yield server
@@ -94,7 +71,7 @@ def test_idle_connections_are_not_looked_at_while_others_are_served(tmp_path, mo
     # waitress's loop asks every connection whether it is readable on every turn: with 200 idle
     # connections, each request costs 200 calls or more. This loop asks only what changed.
     idle_count, requests = 200, 50
-    _room_for(idle_count + 200)
+    need_open_files(idle_count + 200)
     server = InProcessServer(Settings(store=f"sqlite:///{tmp_path / 'x.db'}", port=0))
     idle = []
     try:
@@ -154,7 +131,7 @@ def test_pipelined_requests_are_answered_in_order(server):
     Client(server.url).put("p/2", b"two")
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(_get("k") + _get("p/2") + _get("missing"))
-        answers = _answers(sock, 3)
+        answers = read_responses(sock, 3)
     assert answers[0].endswith(b"\r\n\r\nv")
     assert answers[1].endswith(b"\r\n\r\ntwo")
     assert answers[2].startswith(b"HTTP/1.1 404")
@@ -294,7 +271,7 @@ def test_where_there_is_no_epoll_waitress_loop_serves(tmp_path, monkeypatch):
             assert client.get("k").value == b"v"
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(_get("k") + _get("k"))
-            assert [a.endswith(b"\r\n\r\nv") for a in _answers(sock, 2)] == [True, True]
+            assert [a.endswith(b"\r\n\r\nv") for a in read_responses(sock, 2)] == [True, True]
         # watches wait without a thread on this loop too: woken by a commit, or at the deadline
         since = Client(server.url).status()["last_seq"]
         watch = "GET /v1/changes?since={}&key={}&wait={} HTTP/1.1\r\nHost: n\r\n\r\n"

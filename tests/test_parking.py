@@ -16,19 +16,17 @@ import urllib.request
 
 import pytest
 
-import navistore.server
 from navistore.client import Client
 from navistore.node import Node
 from navistore.parking import Deadlines, Park
-from navistore.testing.servers import ServerProcess, wait_until
+from navistore.testing.servers import (
+    ServerProcess,
+    need_open_files,
+    read_responses,
+    wait_until,
+)
 
 FLEET = 1500  # past the old bound on max_watchers (1,024)
-
-
-def _room_for(files: int) -> None:
-    have = navistore.server.raise_open_file_limit(files)
-    if have < files:
-        pytest.skip(f"this process may open {have} files (ulimit -Hn); the test needs {files}")
 
 
 def _watch(server: ServerProcess, since: int, query: str, wait: int = 60) -> bytes:
@@ -38,19 +36,7 @@ def _watch(server: ServerProcess, since: int, query: str, wait: int = 60) -> byt
 
 
 def _read_answer(sock: socket.socket, timeout: float = 20) -> bytes:
-    """One whole response with a Content-Length body."""
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        head, found, body = data.partition(b"\r\n\r\n")
-        if found:
-            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            if len(body) >= length:
-                return data
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {data!r}")
-        data += chunk
+    return read_responses(sock, 1, timeout)[0]
 
 
 def _threads(server: ServerProcess) -> int:
@@ -66,7 +52,7 @@ def _metric(server: ServerProcess, name: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    _room_for(FLEET + 400)
+    need_open_files(FLEET + 400)
     server = ServerProcess([], tmp_path_factory.mktemp("parking"))  # the defaults
     yield server
     server.stop()
@@ -137,14 +123,9 @@ def test_a_request_pipelined_behind_a_held_watch_is_answered_after_it_in_order(s
         )
         time.sleep(0.3)
         server.request("PUT", "/v1/keys/pipe/a", b"ay")
-        watch = _read_answer(sock)
+        watch, get = read_responses(sock, 2, timeout=20)
         assert b'"key":"pipe/a"' in watch
-        rest = watch.partition(b"\r\n\r\n")[2]
-        rest = rest[int(re.search(rb"(?i)content-length: *(\d+)", watch).group(1)) :]
-        sock.settimeout(10)
-        while not rest.endswith(b"bee"):
-            rest += sock.recv(65536)
-        assert rest.startswith(b"HTTP/1.1 200 ")
+        assert get.startswith(b"HTTP/1.1 200 ") and get.endswith(b"\r\n\r\nbee")
 
 
 def test_a_held_watch_is_timed_and_counted_once_when_it_answers(server):

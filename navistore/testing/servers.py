@@ -175,6 +175,46 @@ class InProcessServer(HttpClient):
         self.node.close()
 
 
+def read_responses(sock: socket.socket, count: int, timeout: float | None = None) -> list[bytes]:
+    """``count`` whole HTTP responses (headers and a Content-Length body) read from ``sock``, and
+    no more arrived: for tests that speak HTTP on a socket of their own (pipelining, hang-ups,
+    watches). ``timeout``, when given, bounds each read."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    data = b""
+    responses: list[bytes] = []
+    while len(responses) < count:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        if found:
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            if len(rest) >= length:
+                responses.append(head + found + rest[:length])
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    assert not data, f"more than {count} responses arrived"
+    return responses
+
+
+def need_open_files(files: int) -> None:
+    """Raise this process's limit on open files to ``files`` (as ``navistore serve`` raises its
+    own), or skip the test, naming the hard limit that stops it."""
+    import pytest
+
+    from navistore.server import raise_open_file_limit
+
+    have = raise_open_file_limit(files)
+    if have < files:
+        pytest.skip(f"this process may open {have} files (ulimit -Hn); the test needs {files}")
+
+
 def increment(url: str, key: str, times: int) -> None:
     """Add 1 to the integer stored under ``key``, ``times`` times, by compare-and-set (If-Match),
     retrying whenever another writer got there first; a missing key counts as 0."""
