@@ -69,7 +69,10 @@ def load_keys(url: str) -> None:
             client.put(f"k/{i:06d}", b"x" * 100)
 
 
-def start_stub(threads: int, folder: Path, cpus: str = "") -> tuple[subprocess.Popen, str]:
+def start_stub(
+    threads: int, folder: Path, cpus: str = "", sqlite: str = ""
+) -> tuple[subprocess.Popen, str]:
+    """bench/stub.py on a free port, in ``folder`` (``sqlite``: its --sqlite); and its URL."""
     port = free_port()
     stub = subprocess.Popen(
         [
@@ -80,6 +83,7 @@ def start_stub(threads: int, folder: Path, cpus: str = "") -> tuple[subprocess.P
             "--threads",
             str(threads),
             *(["--cpus", cpus] if cpus else []),
+            *(["--sqlite", sqlite] if sqlite else []),
         ],
         cwd=folder,
         stderr=subprocess.DEVNULL,

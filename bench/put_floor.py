@@ -14,6 +14,11 @@ Under load, on one CPU, req/s follows CPU per request, so a PUT's CPU is what to
   - "no index/hooks/metrics": the write, but every departure from DESIGN.md proposed to speed
     PUT up, at once: no index on ``seq`` (which the change feed reads), no ``committed`` step
     (the ``navistore_committed`` hook, waking watches) and no metrics middleware.
+  And two stubs that also write each PUT to sqlite the simplest durable way (bench/stub.py
+  --sqlite: writers one at a time, each its own autocommitted INSERT): "stub + sqlite kv" into a
+  table of (key, value), "stub + sqlite row" navistore's own row into navistore's own schema
+  (eight columns, the unique seq the change feed reads). The second is what navistore's data
+  model costs a server that does nothing else: no checks, stamps, hooks, metrics or group commit.
   All on ``--cpus`` (the last CPU by default; wrk gets the others), driven by wrk PUT of random
   keys at 16 and 64 connections, the order turned round every round. Prints median req/s, median
   CPU per request (user + system, from /proc), and the median of the rounds' req/s ratios to the
@@ -22,7 +27,7 @@ Under load, on one CPU, req/s follows CPU per request, so a PUT's CPU is what to
   stub's, navistore's with its sqlite write, navistore's without): the Python a PUT runs besides
   waitress, and the sqlite statement's share when nothing else competes.
 
-About 3 minutes with the defaults. Needs wrk (installed when missing, as root).
+About 5 minutes with the defaults. Needs wrk (installed when missing, as root).
 """
 
 from __future__ import annotations
@@ -89,8 +94,13 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
         "index,hooks,metrics", ["--store", "sqlite:///departures.db", *pinned], folder
     )
     stub_process, stub_url = start_stub(8, folder, cpus)
+    kv_process, kv_url = start_stub(8, folder, cpus, sqlite="kv")
+    row_process, row_url = start_stub(8, folder, cpus, sqlite="records")
+    stubs = (stub_process, kv_process, row_process)
     servers = {
         "stub": (stub_url, stub_process.pid),
+        "stub + sqlite kv": (kv_url, kv_process.pid),
+        "stub + sqlite row": (row_url, row_process.pid),
         "navistore, no write": (no_write.url, no_write.proc.pid),
         "no index/hooks/metrics": (departures.url, departures.proc.pid),
         "navistore": (navistore.url, navistore.proc.pid),
@@ -132,8 +142,9 @@ def over_http(seconds: float, rounds: int, cpus: str) -> None:
         navistore.stop()
         no_write.stop()
         departures.stop()
-        stub_process.terminate()
-        stub_process.wait(timeout=10)
+        for process in stubs:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def _environ(key: str, body: bytes) -> dict:

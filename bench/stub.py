@@ -3,12 +3,20 @@
 It keeps values in a dict and answers the same shapes as Navistore (a value with an ETag, a small
 JSON body for a write, a JSON page of 100 keys), with nothing behind: the ceiling of the stack.
 
-    python bench/stub.py --port 9000 --threads 8 [--cpus 1]
+    python bench/stub.py --port 9000 --threads 8 [--cpus 1] [--sqlite kv|records]
+
+With ``--sqlite`` (for bench/put_floor.py), a PUT also writes its value to sqlite in the folder it
+runs in, the simplest durable way: WAL, synchronous=NORMAL (as navistore's sqlite store), a
+connection per thread, writers one at a time under the stub's lock, each PUT its own autocommitted
+``INSERT OR REPLACE``. ``kv`` writes a table of (key, value); ``records`` writes navistore's own
+row (eight columns, a unique seq) into navistore's own schema, with its indexes. GET still reads
+the dict. Nothing else of navistore runs: no checks, stamps, hooks, read cache or group commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -47,6 +55,60 @@ class Keys:
         resp.media = {"key": key, "etag": etag}
 
 
+_OCTETS = "application/octet-stream"  # what navistore stores for bench/load.py's PUT
+
+
+class SqliteKeys(Keys):
+    """Keys whose PUT also commits the value to sqlite (see the module's docstring)."""
+
+    def __init__(self, path: str, table: str) -> None:
+        super().__init__()
+        self.path = path
+        self.local = threading.local()
+        conn = self.connection()
+        if table == "kv":
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) "
+                "WITHOUT ROWID"
+            )
+            self.insert = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
+        else:
+            from navistore_sqlite.store import _COLUMNS, _SCHEMA
+
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            marks = ", ".join("?" * len(_COLUMNS.split(",")))
+            self.insert = f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES ({marks})"
+        self.table = table
+
+    def connection(self) -> sqlite3.Connection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self.local.conn = conn
+        return conn
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        value = req.bounded_stream.read()
+        conn = self.connection()
+        with self.lock:
+            self.counter += 1
+            created = key not in self.values
+            etag = f'"{self.counter:016x}-stub"'
+            if self.table == "kv":
+                row: tuple = (key.encode(), value)
+            else:  # key, value, content_type, stamp, deleted, expires_at, seq, size
+                row = (key.encode(), value, _OCTETS, etag[1:-1], 0, None, self.counter, None)
+            conn.execute(self.insert, row)
+            self.values[key] = value
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.etag = etag
+        resp.media = {"key": key, "etag": etag}
+
+
 class Listing:
     def __init__(self, keys: Keys) -> None:
         self.keys = keys
@@ -62,8 +124,8 @@ class Listing:
         }
 
 
-def make_app() -> falcon.App:
-    keys = Keys()
+def make_app(sqlite: str = "") -> falcon.App:
+    keys = SqliteKeys(f"stub-{sqlite}.db", sqlite) if sqlite else Keys()
     app = falcon.App()
     app.add_route("/v1/keys/{key:path}", keys)
     app.add_route("/v1/keys", Listing(keys))
@@ -75,10 +137,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--cpus", default="", help="as navistore serve --cpus")
+    parser.add_argument("--sqlite", choices=("kv", "records"), help="PUT writes to sqlite too")
     args = parser.parse_args()
     if args.cpus:
         pin_cpus(load_settings(flags={"cpus": args.cpus}, environ={}).cpus)
-    app = make_app()
+    app = make_app(args.sqlite or "")
     settings = Settings(port=args.port, threads=args.threads)
     server = make_server(app, settings)
     print(f"stub serving on http://127.0.0.1:{server.effective_port}", file=sys.stderr, flush=True)
