@@ -6,14 +6,17 @@ Measures GET throughput on a store of 1,000 keys first, loads the keys through P
 (128 per request, 8 client threads), then prints the server's RSS, and, in alternating rounds
 (medians; the machine is noisy): GET on 1,000 of the keys (the baseline, same server, same
 moment), GET on random keys among all of them, and listing pages of 100 keys; and the size of the
-database files. The server runs anywhere unless ``--cpus`` is given (as navistore serve --cpus).
-Needs wrk. Takes about 3 minutes.
+database files. Each of the rounds' rows also gives the server's CPU per request and its
+voluntary context switches per request (all threads; a thread that gives the GIL up, for a step of
+sqlite, and must wait to take it back switches out). The server runs anywhere unless ``--cpus`` is
+given (as navistore serve --cpus). Needs wrk. Takes about 3 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import threading
 import time
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
-from _proc import rss_mb  # noqa: E402
+from _proc import context_switches, cpu_seconds, rss_mb  # noqa: E402
 from _scratch import scratch  # noqa: E402
 from load import median_result  # noqa: E402
 
@@ -85,10 +88,28 @@ def main() -> None:
             "listing": LISTING.replace("{n}", str(args.keys - 200)),
         }
         runs: dict[str, list[_wrk.Result]] = {name: [] for name in scripts}
+        costs: dict[str, list[tuple[float, float]]] = {name: [] for name in scripts}
+        pid = server.proc.pid
         for _ in range(args.rounds):
             for name, lua in scripts.items():
-                runs[name].append(_wrk.run(server.url, lua, 16, args.seconds))
+                cpu, (switches, _) = cpu_seconds(pid), context_switches(pid)
+                result = _wrk.run(server.url, lua, 16, args.seconds)
+                requests = result.requests_per_second * _wrk.duration(args.seconds)
+                costs[name].append(
+                    (
+                        (cpu_seconds(pid) - cpu) / requests * 1e6,
+                        (context_switches(pid)[0] - switches) / requests,
+                    )
+                )
+                runs[name].append(result)
         subset, big, listing = (median_result(runs[name]) for name in scripts)
+        cost = {
+            name: (
+                statistics.median(us for us, _ in costs[name]),
+                statistics.median(switches for _, switches in costs[name]),
+            )
+            for name in scripts
+        }
         rss_after = rss_mb(server.proc.pid)
     finally:
         server.stop()
@@ -105,6 +126,15 @@ def main() -> None:
         f"  listing pages of 100        {listing.row()}  "
         f"{listing.requests_per_second / big.requests_per_second:.2f}x of GET"
     )
+    print("  the server, a request (medians of the rounds):")
+    labels = {
+        "small": "GET, 1,000 of the keys",
+        "big": "GET, all keys",
+        "listing": "listing pages of 100",
+    }
+    for name, label in labels.items():
+        us, switches = cost[name]
+        print(f"    {label:<24} {us:6.1f} us CPU  {switches:4.2f} voluntary context switches")
 
 
 if __name__ == "__main__":
