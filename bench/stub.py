@@ -48,11 +48,15 @@ class Keys:
         with self.lock:
             self.counter += 1
             created = key not in self.values
+            etag = f'"{self.counter:016x}-stub"'
+            self.write(key, value, etag)
             self.values[key] = value
-        etag = f'"{self.counter:016x}-stub"'
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.etag = etag
         resp.media = {"key": key, "etag": etag}
+
+    def write(self, key: str, value: bytes, etag: str) -> None:
+        """Make a PUT durable, under the lock (here: nothing; see SqliteKeys)."""
 
 
 _OCTETS = "application/octet-stream"  # what navistore stores for bench/load.py's PUT
@@ -64,23 +68,20 @@ class SqliteKeys(Keys):
     def __init__(self, path: str, table: str) -> None:
         super().__init__()
         self.path = path
+        self.table = table
         self.local = threading.local()
-        conn = self.connection()
         if table == "kv":
-            conn.execute(
+            self.connection().execute(
                 "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL) "
                 "WITHOUT ROWID"
             )
             self.insert = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
-        else:
-            from navistore_sqlite.store import _COLUMNS, _SCHEMA
+        else:  # the database as navistore makes it: its pragmas, schema and indexes
+            from navistore_sqlite.store import _COLUMNS, SqliteStore
 
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            SqliteStore(path).close()
             marks = ", ".join("?" * len(_COLUMNS.split(",")))
             self.insert = f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES ({marks})"
-        self.table = table
 
     def connection(self) -> sqlite3.Connection:
         conn = getattr(self.local, "conn", None)
@@ -91,22 +92,12 @@ class SqliteKeys(Keys):
             self.local.conn = conn
         return conn
 
-    def on_put(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
-        value = req.bounded_stream.read()
-        conn = self.connection()
-        with self.lock:
-            self.counter += 1
-            created = key not in self.values
-            etag = f'"{self.counter:016x}-stub"'
-            if self.table == "kv":
-                row: tuple = (key.encode(), value)
-            else:  # key, value, content_type, stamp, deleted, expires_at, seq, size
-                row = (key.encode(), value, _OCTETS, etag[1:-1], 0, None, self.counter, None)
-            conn.execute(self.insert, row)
-            self.values[key] = value
-        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
-        resp.etag = etag
-        resp.media = {"key": key, "etag": etag}
+    def write(self, key: str, value: bytes, etag: str) -> None:
+        if self.table == "kv":
+            row: tuple = (key.encode(), value)
+        else:  # key, value, content_type, stamp, deleted, expires_at, seq, size
+            row = (key.encode(), value, _OCTETS, etag[1:-1], 0, None, self.counter, None)
+        self.connection().execute(self.insert, row)
 
 
 class Listing:
