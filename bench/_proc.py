@@ -19,20 +19,16 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def context_switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of process ``pid``, all its threads so far."""
-    voluntary = involuntary = 0
+def voluntary_switches(pid: int) -> int:
+    """The voluntary context switches of process ``pid`` so far, all its threads."""
+    switches = 0
     for status in Path(f"/proc/{pid}/task").glob("*/status"):
         try:
             lines = status.read_text().splitlines()
         except OSError:  # the thread ended meanwhile
             continue
-        for line in lines:
-            if line.startswith("voluntary_ctxt_switches:"):
-                voluntary += int(line.split()[1])
-            elif line.startswith("nonvoluntary_ctxt_switches:"):
-                involuntary += int(line.split()[1])
-    return voluntary, involuntary
+        switches += sum(int(s.split()[1]) for s in lines if s.startswith("voluntary_ctxt"))
+    return switches
 
 
 def rss_mb(pid: int) -> float:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _wrk  # noqa: E402
-from _proc import context_switches, cpu_seconds, rss_mb  # noqa: E402
+from _proc import cpu_seconds, rss_mb, voluntary_switches  # noqa: E402
 from _scratch import scratch  # noqa: E402
 from load import median_result  # noqa: E402
 
@@ -92,15 +92,11 @@ def main() -> None:
         pid = server.proc.pid
         for _ in range(args.rounds):
             for name, lua in scripts.items():
-                cpu, (switches, _) = cpu_seconds(pid), context_switches(pid)
+                cpu, switches = cpu_seconds(pid), voluntary_switches(pid)
                 result = _wrk.run(server.url, lua, 16, args.seconds)
                 requests = result.requests_per_second * _wrk.duration(args.seconds)
-                costs[name].append(
-                    (
-                        (cpu_seconds(pid) - cpu) / requests * 1e6,
-                        (context_switches(pid)[0] - switches) / requests,
-                    )
-                )
+                cpu, switches = cpu_seconds(pid) - cpu, voluntary_switches(pid) - switches
+                costs[name].append((cpu / requests * 1e6, switches / requests))
                 runs[name].append(result)
         subset, big, listing = (median_result(runs[name]) for name in scripts)
         cost = {
@@ -110,7 +106,7 @@ def main() -> None:
             )
             for name in scripts
         }
-        rss_after = rss_mb(server.proc.pid)
+        rss_after = rss_mb(pid)
     finally:
         server.stop()
     size = sum(os.path.getsize(p) for p in folder.glob("scale.db*")) / 2**20
