@@ -336,6 +336,66 @@ def test_without_waiting_a_request_keeps_its_run_slot():
         dispatcher.shutdown(timeout=5)
 
 
+def test_pages_of_values_step_aside_while_they_are_read_and_encoded(tmp_path, monkeypatch):
+    """A page of values (up to 4 MiB, about 20 ms to encode) gives its run slot up meanwhile, so
+    that two such pages cannot hold both slots while small requests queue (bench: GET beside two
+    readers of 4 MiB pages, 506-525 -> 1,336-1,420 req/s). Pages without values do not."""
+    import falcon.testing
+
+    from navistore import slots
+    from navistore.app import create_app
+    from navistore.node import Node
+    from navistore.resources import changes, keys
+    from navistore.store import listing_entry
+
+    calls: list[str] = []
+
+    class Pool:
+        def pause(self) -> None:
+            calls.append("pause")
+
+        def resume(self) -> None:
+            calls.append("resume")
+
+    for module in (keys, changes):
+        encode = module._with_value
+        monkeypatch.setattr(
+            module, "_with_value", lambda r, encode=encode: calls.append("encode") or encode(r)
+        )
+    node = Node(Settings(store=f"sqlite:///{tmp_path}/n.db"))
+    node.start()
+    try:
+        node.put("k", b"v")
+        client = falcon.testing.TestClient(create_app(node))
+        slots.hold(Pool())
+        try:
+            for path, query, stepped in [
+                ("/v1/keys", "values=true", ["pause", "encode", "resume"]),
+                ("/v1/changes", "values=true", ["pause", "encode", "resume"]),
+                ("/v1/keys", "", []),
+                ("/v1/changes", "", []),
+                ("/v1/keys/k", "", []),
+            ]:
+                calls.clear()
+                result = client.simulate_get(path, query_string=query)
+                assert result.status_code == 200, result.text
+                assert calls == stepped, (path, query)
+            page = client.simulate_get("/v1/keys", query_string="values=true")
+            assert page.headers["Content-Type"] == "application/json"
+            assert page.json == {
+                "keys": [{**listing_entry(node.get("k")), "value": "dg=="}],
+                "next": None,
+            }
+            feed = client.simulate_get("/v1/changes", query_string="values=true")
+            assert feed.headers["Content-Type"] == "application/json"
+            assert feed.headers["X-Navistore-Index"] == str(node.last_seq())
+            assert [c["value"] for c in feed.json["changes"]] == ["dg=="]
+        finally:
+            slots.hold(None)
+    finally:
+        node.close()
+
+
 def test_node_writes_step_aside_while_they_commit(tmp_path):
     """Node wraps every commit (put, batch, merge) in slots.waiting(); outside a request that
     holds a slot, waiting() does nothing."""

@@ -6,12 +6,13 @@ import base64
 
 import falcon
 
-from navistore import _http
+from navistore import _http, slots
 from navistore.errors import InvalidRequest
 from navistore.limits import DEFAULT_LIMIT, MAX_LIMIT
 from navistore.node import Node
 from navistore.parking import PARK
 from navistore.record import Record
+from navistore.store import dump_json
 
 MAX_WAIT = 600
 
@@ -43,18 +44,23 @@ class ChangesResource:
             if answer is None:  # it waits, with no thread: the server asks again when woken
                 return
             records, last_seq = answer
-        if values and records:
-            records = self.node.fill_values(records, since, prefix, key)
-            if not records:  # cannot happen (see fill_values); if it did, stay where we are
-                last_seq = since
-        resp.set_header("X-Navistore-Index", str(last_seq))
-        if values:
-            changes = [_with_value(r) for r in records]
-        else:
+        if not values:
             changes = [
                 {"seq": r.seq, "key": r.key, "etag": r.etag, "deleted": r.deleted} for r in records
             ]
-        resp.media = {"changes": changes, "last_seq": last_seq}
+            resp.set_header("X-Navistore-Index", str(last_seq))
+            resp.media = {"changes": changes, "last_seq": last_seq}
+            return
+        # Up to 4 MiB of values: stepping aside meanwhile, as a page of keys with values does.
+        with slots.waiting():
+            if records:
+                records = self.node.fill_values(records, since, prefix, key)
+                if not records:  # cannot happen (see fill_values); if it did, stay where we are
+                    last_seq = since
+            body = {"changes": [_with_value(r) for r in records], "last_seq": last_seq}
+            resp.data = dump_json(body).encode()
+        resp.set_header("X-Navistore-Index", str(last_seq))
+        resp.content_type = falcon.MEDIA_JSON
 
 
 def _with_value(record: Record) -> dict:
