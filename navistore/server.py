@@ -49,12 +49,21 @@ DRAIN_SECONDS = 10.0
 #: (bench/load.py). But select() cannot watch descriptors from FD_SETSIZE up, so poll is used when
 #: the connections, plus the files kept for the rest (``reserved_files``), could reach it.
 FD_SETSIZE = 1024
-#: Ordinary requests that run at once (the rest of ``threads`` wait for their commits). On 2 cores
-#: that wrk shares, against 8 at once: GET 10,000 -> 12,800 req/s and a listing page 4,300 ->
-#: 6,100 (bench/load.py, 16 connections), GET on 1,000,000 keys 7,000 -> 10,000 (bench/scale.py),
-#: PUT unchanged; 3 and 4 measured in between. Python runs one thread at a time: each runnable
-#: thread more only adds GIL hand-overs (context switches: 8 a GET with 8 running, 3 with 2).
+#: Ordinary requests that run at once (the rest of ``threads`` wait for their commits) when the
+#: process runs on one CPU (``--cpus``). On 2 cores that wrk shares, against 8 at once: GET 10,000
+#: -> 12,800 req/s and a listing page 4,300 -> 6,100 (bench/load.py, 16 connections), GET on
+#: 1,000,000 keys 7,000 -> 10,000 (bench/scale.py), PUT unchanged; 3 and 4 measured in between.
+#: Python runs one thread at a time: each runnable thread more only adds GIL hand-overs (context
+#: switches: 8 a GET with 8 running, 3 with 2). Against 1, on one CPU: GET 5-12% faster, listing
+#: pages 9-11% (bench/load.py's workloads, one server of each in the same run).
 RUNNING = 2
+#: The same where the process may run on several CPUs: there a thread that takes the GIL back
+#: from a thread on another CPU wakes it there, and every runnable thread more makes that more
+#: frequent. Against 2, anywhere on the 2 cores, one server of each in the same run: GET on
+#: 1,000,000 keys 5,131 -> 5,782 req/s (4.0 -> 2.9 voluntary context switches a GET), its listing
+#: pages 3,117 -> 3,478, GET on 1,000 keys 3-4% faster, listing pages 7-9%, mixed 3-9%, PUT 2-4%
+#: slower.
+RUNNING_SPREAD = 1
 #: Threads for watches, besides ``threads``: a watch waits with no thread (``navistore.parking``),
 #: and holds one only to look at the store, and to answer.
 WATCH_THREADS = 4
@@ -150,10 +159,11 @@ def server_options(settings: Settings, open_files: int | None = None) -> dict[st
 
 class Dispatcher(ThreadedTaskDispatcher):
     """waitress's thread pool, with ``threads`` + ``WATCH_THREADS`` threads, that takes on at most
-    ``threads`` ordinary requests at once and lets only ``RUNNING`` of them run at a time: the
-    others are waiting (``navistore.slots.waiting``, around a commit). Watches
-    (``/v1/changes?wait=...``, which hold a thread only to look and to answer) have the other
-    threads and queue apart; with both waiting, the two queues take turns.
+    ``threads`` ordinary requests at once and lets only ``running`` of them run at a time
+    (``running_at_once``: 1 or 2, by the CPUs the process may run on): the others are waiting
+    (``navistore.slots.waiting``, around a commit). Watches (``/v1/changes?wait=...``, which hold
+    a thread only to look and to answer) have the other threads and queue apart; with both
+    waiting, the two queues take turns.
 
     Why so few at a time: every thread that gives the GIL up and takes it back waits behind the
     runnable threads (see ``navistore.slots``). With waitress's pool all 40 threads took ordinary
@@ -385,7 +395,7 @@ def make_server(
             settings.max_connections,
             open_files,
         )
-    dispatcher = Dispatcher(ordinary=settings.threads)
+    dispatcher = Dispatcher(ordinary=settings.threads, running=running_at_once())
     dispatcher.set_thread_count(options["threads"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # send_bytes, see SEND_BYTES
@@ -469,6 +479,14 @@ def _ranges(cpus: Iterable[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+def running_at_once() -> int:
+    """How many ordinary requests run at once: ``RUNNING`` when this process runs on one CPU,
+    ``RUNNING_SPREAD`` when it may run on several (read after ``pin_cpus``)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(getaffinity(0)) if getaffinity is not None else os.cpu_count() or 1
+    return RUNNING if cpus == 1 else RUNNING_SPREAD
+
+
 def pin_cpus(cpus: Sequence[int]) -> None:
     """Run every thread of this process, and every thread it starts later, on ``cpus`` only.
 
@@ -543,12 +561,15 @@ def _serve(settings: Settings) -> int:
         )
     node.start()
     log.info(
-        "navistore %s serving on %s (store %s, backend %s, node %s)",
+        "navistore %s serving on %s (store %s, backend %s, node %s; %d threads, %d running "
+        "at a time)",
         __version__,
         " and ".join(_url(listener) for listener in listeners(server)),
         settings.store,
         node.backend.name,
         node.node_id,
+        settings.threads,
+        server.task_dispatcher.running_limit,
     )
 
     # The handler only takes note: an exception raised from it could land inside a connection's

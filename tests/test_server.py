@@ -456,6 +456,24 @@ def test_serve_keeps_every_thread_to_the_cpus_it_is_given(tmp_path):
         assert server.stop() == 0
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs 2 CPUs to run on, to serve unpinned and pinned",
+)
+def test_serve_runs_one_request_at_a_time_anywhere_and_two_on_one_cpu(tmp_path):
+    # Anywhere, each runnable thread more adds GIL hand-overs across CPUs (RUNNING_SPREAD); on one
+    # CPU a second running request pays (RUNNING). Both from the affinity after --cpus.
+    cpu = max(os.sched_getaffinity(0))
+    for pinned, running in (([], 1), (["--cpus", str(cpu)], 2)):
+        server = ServerProcess(["--store", "sqlite:///r.db", "--threads", "6", *pinned], tmp_path)
+        try:
+            started = next(line for line in server.log if "serving on" in line)
+            assert f"6 threads, {running} running at a time" in started, started
+            assert server.request("PUT", "/v1/keys/k", b"v").status in (200, 201)
+        finally:
+            assert server.stop() == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning to CPUs is Linux-only")
 def test_serve_refuses_cpus_it_may_not_run_on(tmp_path):
     available = os.sched_getaffinity(0)
