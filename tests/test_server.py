@@ -336,16 +336,17 @@ def test_without_waiting_a_request_keeps_its_run_slot():
         dispatcher.shutdown(timeout=5)
 
 
-def test_pages_of_values_step_aside_while_they_are_read_and_encoded(tmp_path, monkeypatch):
+def test_pages_of_values_and_batches_step_aside_while_they_work(tmp_path, monkeypatch):
     """A page of values (up to 4 MiB, about 20 ms to encode) gives its run slot up meanwhile, so
-    that two such pages cannot hold both slots while small requests queue (bench: GET beside two
-    readers of 4 MiB pages, 506-525 -> 1,336-1,420 req/s). Pages without values do not."""
+    that such pages cannot hold the run slots while small requests queue (bench: GET beside two
+    readers of 4 MiB pages, 506-525 -> 1,336-1,420 req/s); so does a batch (up to 8 MiB to
+    decode), for its decoding as well as its commit. Pages without values do not."""
     import falcon.testing
 
     from navistore import slots
     from navistore.app import create_app
     from navistore.node import Node
-    from navistore.resources import changes, keys
+    from navistore.resources import batch, changes, keys
     from navistore.store import listing_entry
 
     calls: list[str] = []
@@ -362,6 +363,10 @@ def test_pages_of_values_step_aside_while_they_are_read_and_encoded(tmp_path, mo
         monkeypatch.setattr(
             module, "_with_value", lambda r, encode=encode: calls.append("encode") or encode(r)
         )
+    read_json = batch.read_json
+    monkeypatch.setattr(
+        batch, "read_json", lambda *args: calls.append("decode") or read_json(*args)
+    )
     node = Node(Settings(store=f"sqlite:///{tmp_path}/n.db"))
     node.start()
     try:
@@ -380,16 +385,21 @@ def test_pages_of_values_step_aside_while_they_are_read_and_encoded(tmp_path, mo
                 result = client.simulate_get(path, query_string=query)
                 assert result.status_code == 200, result.text
                 assert calls == stepped, (path, query)
+            calls.clear()  # a batch steps aside once, for its decoding and its commit together
+            written = client.simulate_post(
+                "/v1/batch", json={"ops": [{"op": "put", "key": "b", "value": "dg=="}]}
+            )
+            assert written.status_code == 200, written.text
+            assert calls == ["pause", "decode", "resume"]
+            assert node.get("b").value == b"v"
             page = client.simulate_get("/v1/keys", query_string="values=true")
             assert page.headers["Content-Type"] == "application/json"
-            assert page.json == {
-                "keys": [{**listing_entry(node.get("k")), "value": "dg=="}],
-                "next": None,
-            }
+            entries = [{**listing_entry(node.get(k)), "value": "dg=="} for k in ("b", "k")]
+            assert page.json == {"keys": entries, "next": None}
             feed = client.simulate_get("/v1/changes", query_string="values=true")
             assert feed.headers["Content-Type"] == "application/json"
             assert feed.headers["X-Navistore-Index"] == str(node.last_seq())
-            assert [c["value"] for c in feed.json["changes"]] == ["dg=="]
+            assert [c["value"] for c in feed.json["changes"]] == ["dg==", "dg=="]
         finally:
             slots.hold(None)
     finally:
