@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import falcon
 
-from navistore import __version__
+from navistore import __version__, slots
 from navistore.errors import InvalidRequest
 from navistore.node import largest_request
 from navistore.openapi import errors
@@ -79,6 +79,12 @@ class RecordsResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         query(req)
+        # Megabytes of JSON and base64 to decode, then a merge per record: stepping aside for all
+        # of it (see navistore.slots), as POST /v1/batch does, not only for each merge.
+        with slots.waiting():
+            self._receive(req, resp)
+
+    def _receive(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, largest_request(self.node.settings))
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise InvalidRequest('the body must be {"source", "target_store_id", "records": [...]}')
