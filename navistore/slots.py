@@ -5,8 +5,10 @@ step of sqlite) and takes it back waits behind the other runnable threads, and t
 a context switch or two: with 8 requests running at once, a GET on a store whose keys miss the
 read cache cost 60-70 us more CPU than one that hits. So ``navistore serve`` runs only a few
 ordinary requests at once (``navistore.server.Dispatcher``), and a request that waits for
-something slow, a commit above all, steps aside while it waits: ``with waiting(): ...``. Outside
-a request that holds a slot (a replication thread, a test), ``waiting`` does nothing.
+something slow, a commit above all, steps aside while it waits: ``with waiting(): ...``. So does a
+request that works on megabytes (a page of values, a batch), so that it cannot hold the few slots
+while small requests queue behind it (``bench/heavy_readers.py``). Outside a request that holds a
+slot (a replication thread, a test), ``waiting`` does nothing.
 """
 
 from __future__ import annotations
