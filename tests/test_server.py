@@ -26,7 +26,7 @@ from navistore.server import (
     server_options,
 )
 from navistore.settings import Settings
-from navistore.testing.servers import ServerProcess, wait_until
+from navistore.testing.servers import RunSlotRecorder, ServerProcess, wait_until
 
 
 def test_waitress_is_tuned_from_the_settings():
@@ -343,21 +343,13 @@ def test_pages_of_values_and_batches_step_aside_while_they_work(tmp_path, monkey
     decode), for its decoding as well as its commit. Pages without values do not."""
     import falcon.testing
 
-    from navistore import slots
     from navistore.app import create_app
     from navistore.node import Node
     from navistore.resources import batch, changes, keys
     from navistore.store import listing_entry
 
-    calls: list[str] = []
-
-    class Pool:
-        def pause(self) -> None:
-            calls.append("pause")
-
-        def resume(self) -> None:
-            calls.append("resume")
-
+    recorder = RunSlotRecorder()
+    calls = recorder.calls
     for module in (keys, changes):
         encode = module._with_value
         monkeypatch.setattr(
@@ -372,8 +364,7 @@ def test_pages_of_values_and_batches_step_aside_while_they_work(tmp_path, monkey
     try:
         node.put("k", b"v")
         client = falcon.testing.TestClient(create_app(node))
-        slots.hold(Pool())
-        try:
+        with recorder.held():
             for path, query, stepped in [
                 ("/v1/keys", "values=true", ["pause", "encode", "resume"]),
                 ("/v1/changes", "values=true", ["pause", "encode", "resume"]),
@@ -400,8 +391,6 @@ def test_pages_of_values_and_batches_step_aside_while_they_work(tmp_path, monkey
             assert feed.headers["Content-Type"] == "application/json"
             assert feed.headers["X-Navistore-Index"] == str(node.last_seq())
             assert [c["value"] for c in feed.json["changes"]] == ["dg==", "dg=="]
-        finally:
-            slots.hold(None)
     finally:
         node.close()
 
@@ -413,22 +402,13 @@ def test_node_writes_step_aside_while_they_commit(tmp_path):
     from navistore.node import Node
     from navistore.record import Record
 
-    calls = []
-
-    class Pool:
-        def pause(self) -> None:
-            calls.append("pause")
-
-        def resume(self) -> None:
-            calls.append("resume")
-
+    recorder = RunSlotRecorder()
     node = Node(Settings(store=f"sqlite:///{tmp_path}/n.db"))
     node.start()
     try:
         node.put("k", b"v")  # no pool held: nothing to step aside from
-        assert calls == []
-        slots.hold(Pool())
-        try:
+        assert recorder.calls == []
+        with recorder.held() as calls:
             node.put("k", b"v2")
             node.get("k")  # a read does not step aside
             assert calls == ["pause", "resume"]
@@ -437,8 +417,6 @@ def test_node_writes_step_aside_while_they_commit(tmp_path):
             with slots.waiting(), slots.waiting():  # a store's own wait inside Node's
                 pass
             assert calls == ["pause", "resume"] * 3
-        finally:
-            slots.hold(None)
     finally:
         node.close()
 

@@ -3,6 +3,7 @@ waitress in this process, both on 127.0.0.1, with a small HTTP client that sends
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,36 @@ def read_responses(sock: socket.socket, count: int, timeout: float | None = None
         data += chunk
     assert not data, f"more than {count} responses arrived"
     return responses
+
+
+class RunSlotRecorder:
+    """A run-slot pool (``navistore.slots``) that records what a request does with its slot:
+    "pause" when it steps aside (``slots.waiting()``), "resume" when it runs on. A test may add
+    entries of its own to ``calls``, to see that some work happened in between (a route of yours
+    that works on megabytes should step aside for it, as pages of values do)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause(self) -> None:
+        self.calls.append("pause")
+
+    def resume(self) -> None:
+        self.calls.append("resume")
+
+    def crowded(self) -> bool:
+        return False  # no other request in hand
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[list[str]]:
+        """Hold this pool on the current thread, as the server holds its own around a request."""
+        from navistore import slots
+
+        slots.hold(self)
+        try:
+            yield self.calls
+        finally:
+            slots.hold(None)
 
 
 def need_open_files(files: int) -> None:

@@ -191,27 +191,17 @@ def test_options_from_the_environment():
 def test_a_batch_received_steps_aside_while_it_is_decoded_and_merged(client, node, monkeypatch):
     # Up to megabytes of JSON and base64: with one request running at a time (navistore serve
     # unpinned), small requests would queue behind the decoding, not only behind the merges.
-    from navistore import slots
+    from navistore.testing.servers import RunSlotRecorder
     from navistore_peer_push import resources
 
-    calls: list[str] = []
-
-    class Pool:
-        def pause(self) -> None:
-            calls.append("pause")
-
-        def resume(self) -> None:
-            calls.append("resume")
-
+    recorder = RunSlotRecorder()
+    calls = recorder.calls
     read_json = resources.read_json
     monkeypatch.setattr(
         resources, "read_json", lambda *args: calls.append("decode") or read_json(*args)
     )
-    slots.hold(Pool())
-    try:
+    with recorder.held():
         body = batch(node, [record("a"), record("b")])
         answer = client.simulate_post("/v1/replication/records", json=body)
-    finally:
-        slots.hold(None)
     assert answer.status_code == 200 and answer.json["merged"] == 2
     assert calls == ["pause", "decode", "resume"]  # once, around both merges as well
