@@ -23,6 +23,11 @@ wants to read again. It stays in the set meanwhile, and comes out only if such a
 three epoll calls a request fewer. An answer is sent as soon as it is ready, without waiting for
 epoll to say the socket has room (it nearly always has); only if it had not does the socket wait
 for room. Linux only (epoll); elsewhere waitress's loop runs.
+
+The loop can also serve a request itself, between turns (``serve_soon``), with no request thread:
+the server hands it the reads of one key where the process may run on several CPUs (see
+``navistore.server.Dispatcher``). A request thread would take the GIL from the loop's thread, and
+give it back, on another CPU: a context switch each way, each an interrupt across CPUs.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class EventLoop:
         # Listening sockets and the trigger: everything in the map before the first connection.
         self._fixed = list(socket_map.values())
         self._changed: collections.deque = collections.deque()  # appended from any thread
+        self._soon: collections.deque = collections.deque()  # served by the loop (serve_soon)
+        self._thread: int | None = None  # the thread that turns the loop
+        #: Where a request the loop will not serve itself goes (the server's thread pool).
+        self.to_pool: Any = None
 
     @staticmethod
     def available() -> bool:
@@ -74,6 +83,8 @@ class EventLoop:
             channel = getattr(_local, "channel", None)
             if channel is not None:
                 self._changed.append(channel)  # before the pull, so the turn it wakes sees it
+                if self.in_loop():
+                    return  # served by the loop itself (serve_soon), which looks at it next
             trigger()
 
         def maintain(now: float) -> None:
@@ -82,6 +93,27 @@ class EventLoop:
 
         server.pull_trigger = pull_trigger
         server.maintenance = maintain
+
+    def in_loop(self) -> bool:
+        """Whether the current thread is the one that turns the loop."""
+        return self._thread == threading.get_ident()
+
+    def serve_soon(self, channel: Any) -> None:
+        """Serve ``channel``'s request in this turn, after its events, in the loop's thread
+        (call from that thread: ``in_loop``)."""
+        self._soon.append(channel)
+
+    def _serve(self) -> None:
+        soon = self._soon
+        while soon:
+            channel = soon.popleft()
+            if len(channel.requests) != 1 or channel.total_outbufs_len or not channel.connected:
+                # A thread may have to wait for the answers before it to drain (waitress's
+                # outbuf_high_watermark): the loop cannot, as it is what sends them.
+                self.to_pool(channel)
+                continue
+            channel.service()  # a request behind it comes back through serve_soon
+            self._look(channel)  # and the answer goes out now
 
     def opened(self, channel: Any) -> None:
         self._changed.append(channel)
@@ -149,7 +181,9 @@ class EventLoop:
 
     def turn(self, timeout: float) -> None:
         """One turn: look at what may have changed, wait up to ``timeout`` seconds for events,
-        and hand each to its dispatcher, as ``wasyncore.poll2`` does."""
+        and hand each to its dispatcher, as ``wasyncore.poll2`` does; then serve what those
+        handed to the loop (``serve_soon``)."""
+        self._thread = threading.get_ident()
         for dispatcher in self._fixed:
             self._look(dispatcher)
         changed = self._changed
@@ -167,3 +201,5 @@ class EventLoop:
                 continue
             readwrite(dispatcher, events)
             changed.append(dispatcher)
+        if self._soon:
+            self._serve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -460,6 +461,99 @@ def test_serve_runs_one_request_at_a_time_anywhere_and_two_on_one_cpu(tmp_path):
             assert server.request("PUT", "/v1/keys/k", b"v").status in (200, 201)
         finally:
             assert server.stop() == 0
+
+
+def _request_thread_switches(pid: int) -> int:
+    """Context switches so far of the server's threads other than its main one (which turns the
+    event loop): a request a request thread serves wakes one."""
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name == str(pid):
+            continue
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                switches += int(line.split()[1])
+    return switches
+
+
+def _switches_for(server: ServerProcess, method: str, count: int) -> int:
+    """The request threads' context switches for ``count`` requests, one after another on one
+    keep-alive connection."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.request("PUT", "/v1/keys/k", body=b"v")  # the connection open, the key there
+        assert conn.getresponse().read()
+        before = _request_thread_switches(server.proc.pid)
+        for _ in range(count):
+            conn.request(method, "/v1/keys/k", body=b"v" if method == "PUT" else None)
+            response = conn.getresponse()
+            assert response.status in (200, 201), response.read()
+            response.read()
+        return _request_thread_switches(server.proc.pid) - before
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs 2 CPUs to run on, to serve unpinned and pinned",
+)
+def test_reads_of_one_key_are_served_by_the_event_loop_anywhere_and_by_threads_on_one_cpu(
+    tmp_path,
+):
+    # Anywhere, a GET of one key with a local backend (sqlite) is served by the loop's own thread:
+    # no request thread wakes for it. A PUT still goes to a request thread (it waits for a commit),
+    # and pinned, where a hand-over costs little, the threads serve GET too.
+    cpu = max(os.sched_getaffinity(0))
+    for pinned, by_loop in (([], True), (["--cpus", str(cpu)], False)):
+        server = ServerProcess(["--store", "sqlite:///l.db", *pinned], tmp_path)
+        try:
+            started = next(line for line in server.log if "serving on" in line)
+            assert ("reads of one key served by the event loop" in started) is by_loop, started
+            gets = _switches_for(server, "GET", 300)
+            heads = _switches_for(server, "HEAD", 100)
+            puts = _switches_for(server, "PUT", 100)
+            if by_loop:  # the purge thread, the committer and the like may wake a few times
+                assert gets < 60 and heads < 30, (gets, heads)
+            else:
+                assert gets >= 300 and heads >= 100, (gets, heads)
+            assert puts >= 100, puts
+        finally:
+            assert server.stop() == 0
+
+
+def test_the_loop_hands_pipelined_reads_of_large_values_to_the_threads(tmp_path):
+    # The loop sends what it serves, so it must not serve a request that could have to wait for
+    # the answers before it to drain (waitress waits above outbuf_high_watermark, 16 MiB): with
+    # requests pipelined behind it, a read goes to a thread. Served by the loop, this hangs.
+    size = 30 * 1024 * 1024
+    server = ServerProcess(
+        ["--store", "sqlite:///big.db", "--max-value-size", str(32 * 1024 * 1024)], tmp_path
+    )
+    try:
+        value = os.urandom(1024) * (size // 1024)
+        assert server.request("PUT", "/v1/keys/big", value).status == 201
+        with socket.create_connection((server.host, server.port), timeout=20) as sock:
+            sock.sendall(b"GET /v1/keys/big HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+            time.sleep(1)  # a slow client: the answers pile up until it reads
+            reader = sock.makefile("rb")
+            for _ in range(3):
+                status = reader.readline()
+                assert status.startswith(b"HTTP/1.1 200"), status
+                headers = dict(
+                    line.decode().lower().split(": ", 1) for line in iter(reader.readline, b"\r\n")
+                )
+                assert int(headers["content-length"]) == size
+                assert reader.read(size) == value
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_loop_serves_reads_only_anywhere_and_only_from_a_local_backend():
+    assert navistore.server.loop_serves_reads(1, frozenset({"ttl", "local"}))
+    assert navistore.server.loop_serves_reads(1, None)  # no backend at all (bench/stub.py)
+    assert not navistore.server.loop_serves_reads(1, frozenset({"ttl", "shared"}))  # PostgreSQL
+    assert not navistore.server.loop_serves_reads(2, frozenset({"local"}))  # on one CPU
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning to CPUs is Linux-only")

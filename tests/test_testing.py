@@ -219,7 +219,7 @@ def test_navistore_conformance_reports_on_sqlite(tmp_path):
     result = conformance(["--examples", "20", f"sqlite:///{tmp_path}/c.db"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "backend sqlite; capabilities: batch, checks, concurrent, persistent, ttl" in out
+    assert "backend sqlite; capabilities: batch, checks, concurrent, local, persistent, ttl" in out
     assert "  PASS  test_merge_is_idempotent" in out and "  PASS  test_the_change_feed" in out
     passed = int(re.search(r"^(\d+) passed, 0 failed, 1 skipped$", out, re.M).group(1))
     assert passed > 60

@@ -29,6 +29,14 @@ def test_a_write_through_one_node_is_read_through_the_other(pair):
     assert len(ids) == 2
 
 
+def test_reads_go_to_request_threads_not_the_event_loop(pair):
+    # PostgreSQL is a network round trip away: it does not declare the `local` capability, so the
+    # event loop never waits for it (navistore.server.loop_serves_reads), pinned or not.
+    for server in pair:
+        started = next(line for line in server.log if "serving on" in line)
+        assert "running at a time" in started and "event loop" not in started, started
+
+
 def test_a_watch_on_one_node_wakes_on_a_write_through_the_other(pair):
     a, b = pair
     since = b.request("GET", "/v1/status").json()["last_seq"]

@@ -14,6 +14,6 @@ def navistore_backends() -> list[Backend]:
             schemes=("sqlite",),
             factory=SqliteStore.from_url,
             description="sqlite3 in WAL mode, embedded: one file, no server",
-            capabilities={"ttl", "batch", "checks", "persistent", "concurrent"},
+            capabilities={"ttl", "batch", "checks", "persistent", "concurrent", "local"},
         )
     ]
