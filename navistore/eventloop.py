@@ -64,8 +64,10 @@ class EventLoop:
         self._changed: collections.deque = collections.deque()  # appended from any thread
         self._soon: collections.deque = collections.deque()  # served by the loop (serve_soon)
         self._thread: int | None = None  # the thread that turns the loop
-        #: Where a request the loop will not serve itself goes (the server's thread pool).
+        #: Where a request the loop will not serve itself goes (the server's thread pool), and
+        #: whether it may serve one now (the pool says).
         self.to_pool: Any = None
+        self.may_serve: Any = None
 
     @staticmethod
     def available() -> bool:
@@ -107,9 +109,15 @@ class EventLoop:
         soon = self._soon
         while soon:
             channel = soon.popleft()
-            if len(channel.requests) != 1 or channel.total_outbufs_len or not channel.connected:
+            if (
+                len(channel.requests) != 1
+                or channel.total_outbufs_len
+                or not channel.connected
+                or not self.may_serve()
+            ):
                 # A thread may have to wait for the answers before it to drain (waitress's
-                # outbuf_high_watermark): the loop cannot, as it is what sends them.
+                # outbuf_high_watermark): the loop cannot, as it is what sends them. And since
+                # the read was handed over, another request may have gone to a thread.
                 self.to_pool(channel)
                 continue
             channel.service()  # a request behind it comes back through serve_soon

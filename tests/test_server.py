@@ -108,8 +108,8 @@ def test_every_listening_socket_answers_waitress_errors_in_json(monkeypatch, soc
 class _Task:
     """A waitress task as the dispatcher sees it: a request (path, query) and service()."""
 
-    def __init__(self, path: str, query: str, work) -> None:
-        self.request = type("Request", (), {"path": path, "query": query})()
+    def __init__(self, path: str, query: str, work, command: str = "GET") -> None:
+        self.request = type("Request", (), {"path": path, "query": query, "command": command})()
         self.work = work
 
     def service(self) -> None:
@@ -117,6 +117,50 @@ class _Task:
 
     def cancel(self) -> None:
         pass
+
+
+def test_the_loop_serves_a_read_of_one_key_only_while_no_request_is_in_a_thread():
+    # A thread would take the GIL back from a loop busy serving reads only every 5 ms (the
+    # switch interval): a PUT beside them waited that long for each hand-over.
+    import threading
+
+    from navistore.server import Dispatcher
+
+    class Loop:  # what the dispatcher asks of navistore.eventloop.EventLoop; records the reads
+        def __init__(self) -> None:
+            self.served: list = []
+
+        def in_loop(self) -> bool:
+            return True
+
+        def serve_soon(self, task) -> None:
+            self.served.append(task)
+
+    dispatcher = Dispatcher(ordinary=2, running=1)
+    dispatcher.set_thread_count(2)
+    loop = dispatcher.loop = Loop()
+    release = threading.Event()
+    ran: list[str] = []
+    try:
+        first = _Task("/v1/keys/k", "", lambda: ran.append("first"))
+        head = _Task("/v1/keys/k", "", lambda: ran.append("head"), command="HEAD")
+        dispatcher.add_task(first)
+        dispatcher.add_task(head)
+        assert loop.served == [first, head] and not ran
+        dispatcher.add_task(_Task("/v1/keys", "limit=5", lambda: ran.append("listing")))
+        wait_until(lambda: "listing" in ran)  # a listing is no read of one key: a thread's
+        dispatcher.add_task(_Task("/v1/keys/k", "", lambda: release.wait(10), command="PUT"))
+        wait_until(lambda: dispatcher.admitted == 1)
+        dispatcher.add_task(_Task("/v1/keys/k", "", lambda: ran.append("beside the PUT")))
+        assert loop.served == [first, head]  # it went to the threads, behind the PUT
+        release.set()
+        wait_until(lambda: "beside the PUT" in ran and not dispatcher.admitted)
+        last = _Task("/v1/keys/k", "", lambda: ran.append("last"))
+        dispatcher.add_task(last)
+        assert loop.served[-1] is last and "last" not in ran
+    finally:
+        release.set()
+        dispatcher.shutdown(timeout=5)
 
 
 def test_the_dispatcher_runs_at_most_threads_ordinary_requests_and_keeps_threads_for_watches():
