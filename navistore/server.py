@@ -292,8 +292,8 @@ class Dispatcher(ThreadedTaskDispatcher):
         (for a commit, a step of sqlite) takes it back from a loop busy serving reads only when
         the loop waits for the network or the switch interval (5 ms) runs out: in mixed 90/10
         anywhere, served by the loop all along, p99 went from 5.0 to 12.9 ms at 16 connections
-        and from 18.7 to 44.8 at 64; with this rule, 5.2 and 18.6, and 3-5% more req/s than with
-        threads alone."""
+        and from 18.7 to 44.8 at 64; with this rule, 5.2 and 18.6, and the req/s of threads
+        alone."""
         return not self.admitted and not self.queue
 
     def _queue(self, task: Any) -> None:
