@@ -48,19 +48,18 @@ class ChangesResource:
             changes = [
                 {"seq": r.seq, "key": r.key, "etag": r.etag, "deleted": r.deleted} for r in records
             ]
-            resp.set_header("X-Navistore-Index", str(last_seq))
             resp.media = {"changes": changes, "last_seq": last_seq}
-            return
-        # Up to 4 MiB of values: stepping aside meanwhile, as a page of keys with values does.
-        with slots.waiting():
-            if records:
-                records = self.node.fill_values(records, since, prefix, key)
-                if not records:  # cannot happen (see fill_values); if it did, stay where we are
-                    last_seq = since
-            body = {"changes": [_with_value(r) for r in records], "last_seq": last_seq}
-            resp.data = dump_json(body).encode()
+        else:
+            # Up to 4 MiB of values: stepping aside meanwhile, as a page of keys with values does.
+            with slots.waiting():
+                if records:
+                    records = self.node.fill_values(records, since, prefix, key)
+                    if not records:  # cannot happen (see fill_values); if so, stay where we are
+                        last_seq = since
+                body = {"changes": [_with_value(r) for r in records], "last_seq": last_seq}
+                resp.data = dump_json(body).encode()
+            resp.content_type = falcon.MEDIA_JSON
         resp.set_header("X-Navistore-Index", str(last_seq))
-        resp.content_type = falcon.MEDIA_JSON
 
 
 def _with_value(record: Record) -> dict:
