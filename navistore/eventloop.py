@@ -64,10 +64,9 @@ class EventLoop:
         self._changed: collections.deque = collections.deque()  # appended from any thread
         self._soon: collections.deque = collections.deque()  # served by the loop (serve_soon)
         self._thread: int | None = None  # the thread that turns the loop
-        #: Where a request the loop will not serve itself goes (the server's thread pool), and
-        #: whether it may serve one now (the pool says).
-        self.to_pool: Any = None
-        self.may_serve: Any = None
+        #: The server's thread pool (``navistore.server.Dispatcher``), where a read the loop was
+        #: handed goes when the loop may not serve it (``serve_soon``).
+        self.pool: Any = None
 
     @staticmethod
     def available() -> bool:
@@ -113,12 +112,12 @@ class EventLoop:
                 len(channel.requests) != 1
                 or channel.total_outbufs_len
                 or not channel.connected
-                or not self.may_serve()
+                or not self.pool.loop_may_serve()
             ):
                 # A thread may have to wait for the answers before it to drain (waitress's
                 # outbuf_high_watermark): the loop cannot, as it is what sends them. And since
                 # the read was handed over, another request may have gone to a thread.
-                self.to_pool(channel)
+                self.pool.to_pool(channel)
                 continue
             channel.service()  # a request behind it comes back through serve_soon
             self._look(channel)  # and the answer goes out now

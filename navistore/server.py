@@ -34,6 +34,7 @@ from navistore.errors import SettingsError
 from navistore.eventloop import EventLoop
 from navistore.node import Node, largest_request
 from navistore.parking import Deadlines, Parked, ParkingTask, first_request, is_watch
+from navistore.resources.keys import KEY_ROUTE
 from navistore.settings import Settings, read_token_files
 from navistore.store import dump_json
 
@@ -456,8 +457,7 @@ def make_server(
     server.event_loop = loop
     capabilities = node.backend.capabilities if node is not None else None
     if loop is not None and loop_serves_reads(running, capabilities):
-        dispatcher.loop = loop
-        loop.to_pool, loop.may_serve = dispatcher.to_pool, dispatcher.loop_may_serve
+        dispatcher.loop, loop.pool = loop, dispatcher
     if node is not None:
         most = options["connection_limit"] - 2
         node.connections = lambda: (sum(len(s.active_channels) for s in serving), most)
@@ -541,8 +541,8 @@ def reads_one_key(request: Any) -> bool:
     path = getattr(request, "path", None)
     return (
         path is not None
-        and path.startswith("/v1/keys/")
-        and len(path) > len("/v1/keys/")
+        and path.startswith(KEY_ROUTE)
+        and len(path) > len(KEY_ROUTE)
         and request.command in ("GET", "HEAD")
     )
 
