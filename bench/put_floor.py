@@ -190,7 +190,7 @@ def in_process() -> None:
         _cpu_per_put(app, repeats=1)  # warm up: every key in the read cache
         stub_cost = _cpu_per_put(stub.make_app())
         with_write = _cpu_per_put(app)
-        insert = SqliteStore._insert
+        insert = SqliteStore.__dict__["_insert"]  # the staticmethod itself, to put back
         SqliteStore._insert = staticmethod(lambda conn, records, replaced: None)
         try:
             without = _cpu_per_put(app)
