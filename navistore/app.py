@@ -17,7 +17,7 @@ from navistore.openapi import OpenApiResource, describe
 from navistore.parking import PARK
 from navistore.resources.batch import BatchResource
 from navistore.resources.changes import ChangesResource
-from navistore.resources.keys import KeyResource, KeysResource
+from navistore.resources.keys import KEY_ROUTE, KEYS_ROUTE, KeyResource, KeysResource
 from navistore.resources.system import HealthResource, PluginsResource, StatusResource
 from navistore.store import dump_json
 
@@ -172,8 +172,8 @@ def create_app(node: Node | None = None, **settings: Any) -> falcon.App:
         route for routes in node.plugins.hook.navistore_routes(node=node) for route in routes or []
     ]
     routes = [
-        ("/v1/keys", KeysResource(node)),
-        ("/v1/keys/{key:path}", KeyResource(node)),
+        (KEYS_ROUTE, KeysResource(node)),
+        (f"{KEY_ROUTE}{{key:path}}", KeyResource(node)),
         ("/v1/changes", ChangesResource(node)),
         ("/v1/batch", BatchResource(node)),
         ("/v1/status", StatusResource(node)),

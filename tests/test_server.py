@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import falcon
@@ -119,7 +120,7 @@ class _Task:
         pass
 
 
-def test_the_loop_serves_a_read_of_one_key_only_while_no_request_is_in_a_thread():
+def test_the_loop_serves_a_quick_read_only_while_no_request_is_in_a_thread():
     # A thread would take the GIL back from a loop busy serving reads only every 5 ms (the
     # switch interval): a PUT beside them waited that long for each hand-over.
     import threading
@@ -144,15 +145,17 @@ def test_the_loop_serves_a_read_of_one_key_only_while_no_request_is_in_a_thread(
     try:
         first = _Task("/v1/keys/k", "", lambda: ran.append("first"))
         head = _Task("/v1/keys/k", "", lambda: ran.append("head"), command="HEAD")
+        page = _Task("/v1/keys", "limit=5", lambda: ran.append("page"))
         dispatcher.add_task(first)
         dispatcher.add_task(head)
-        assert loop.served == [first, head] and not ran
-        dispatcher.add_task(_Task("/v1/keys", "limit=5", lambda: ran.append("listing")))
-        wait_until(lambda: "listing" in ran)  # a listing is no read of one key: a thread's
+        dispatcher.add_task(page)
+        assert loop.served == [first, head, page] and not ran
+        dispatcher.add_task(_Task("/v1/keys", "values=true", lambda: ran.append("values")))
+        wait_until(lambda: "values" in ran)  # a page of values is no quick read: a thread's
         dispatcher.add_task(_Task("/v1/keys/k", "", lambda: release.wait(10), command="PUT"))
         wait_until(lambda: dispatcher.admitted == 1)
         dispatcher.add_task(_Task("/v1/keys/k", "", lambda: ran.append("beside the PUT")))
-        assert loop.served == [first, head]  # it went to the threads, behind the PUT
+        assert loop.served == [first, head, page]  # it went to the threads, behind the PUT
         release.set()
         wait_until(lambda: "beside the PUT" in ran and not dispatcher.admitted)
         last = _Task("/v1/keys/k", "", lambda: ran.append("last"))
@@ -520,7 +523,7 @@ def _request_thread_switches(pid: int) -> int:
     return switches
 
 
-def _switches_for(server: ServerProcess, method: str, count: int) -> int:
+def _switches_for(server: ServerProcess, method: str, count: int, path: str = "/v1/keys/k") -> int:
     """The request threads' context switches for ``count`` requests, one after another on one
     keep-alive connection."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
@@ -529,7 +532,7 @@ def _switches_for(server: ServerProcess, method: str, count: int) -> int:
         assert conn.getresponse().read()
         before = _request_thread_switches(server.proc.pid)
         for _ in range(count):
-            conn.request(method, "/v1/keys/k", body=b"v" if method == "PUT" else None)
+            conn.request(method, path, body=b"v" if method == "PUT" else None)
             response = conn.getresponse()
             assert response.status in (200, 201), response.read()
             response.read()
@@ -553,15 +556,20 @@ def test_reads_of_one_key_are_served_by_the_event_loop_anywhere_and_by_threads_o
         server = ServerProcess(["--store", "sqlite:///l.db", *pinned], tmp_path)
         try:
             started = next(line for line in server.log if "serving on" in line)
-            assert ("reads of one key served by the event loop" in started) is by_loop, started
+            served = "reads of one key and pages of keys served by the event loop"
+            assert (served in started) is by_loop, started
             gets = _switches_for(server, "GET", 300)
             heads = _switches_for(server, "HEAD", 100)
+            pages = _switches_for(server, "GET", 100, "/v1/keys?prefix=k&limit=10")
             puts = _switches_for(server, "PUT", 100)
+            # A page of values (up to 4 MiB) or one that folds keys goes to a thread anywhere.
+            values = _switches_for(server, "GET", 50, "/v1/keys?values=true")
+            folded = _switches_for(server, "GET", 50, "/v1/keys?separator=/")
             if by_loop:  # the purge thread, the committer and the like may wake a few times
-                assert gets < 60 and heads < 30, (gets, heads)
+                assert gets < 60 and heads < 30 and pages < 30, (gets, heads, pages)
             else:
-                assert gets >= 300 and heads >= 100, (gets, heads)
-            assert puts >= 100, puts
+                assert gets >= 300 and heads >= 100 and pages >= 100, (gets, heads, pages)
+            assert puts >= 100 and values >= 50 and folded >= 50, (puts, values, folded)
         finally:
             assert server.stop() == 0
 
@@ -591,6 +599,30 @@ def test_the_loop_hands_pipelined_reads_of_large_values_to_the_threads(tmp_path)
                 assert reader.read(size) == value
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "query", "quick"),
+    [
+        ("GET", "/v1/keys/a/b", "", True),
+        ("HEAD", "/v1/keys/a", "", True),
+        ("GET", "/v1/keys", "", True),
+        ("GET", "/v1/keys", "prefix=a/&after=a/1&limit=1000", True),
+        ("GET", "/v1/keys", "values=true", False),
+        ("GET", "/v1/keys", "limit=5&values=false", False),  # the name alone sends it away
+        ("GET", "/v1/keys", "prefix=a&separator=/", False),
+        ("GET", "/v1/keys", "prefix=a&separat%6Fr=/", False),  # a name in escapes: not read here
+        ("HEAD", "/v1/keys", "", False),
+        ("DELETE", "/v1/keys", "prefix=a", False),
+        ("PUT", "/v1/keys/a", "", False),
+        ("GET", "/v1/keys/", "", False),
+        ("GET", "/v1/changes", "", False),
+        ("GET", "/v1/keysx", "", False),
+    ],
+)
+def test_the_loop_serves_reads_of_one_key_and_pages_of_keys_only(command, path, query, quick):
+    request = types.SimpleNamespace(command=command, path=path, query=query)
+    assert navistore.server.quick_read(request) is quick
 
 
 def test_the_loop_serves_reads_only_anywhere_and_only_from_a_local_backend():

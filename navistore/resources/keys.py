@@ -13,7 +13,8 @@ from navistore.node import Node, printable_ascii
 from navistore.record import ABSENT, ANY, DEFAULT_CONTENT_TYPE, PRESENT, Expect, Record
 from navistore.store import dump_json, listing_entry
 
-KEY_ROUTE = "/v1/keys/"
+KEYS_ROUTE = "/v1/keys"
+KEY_ROUTE = f"{KEYS_ROUTE}/"
 # For whoever brings etcd v2's ?recursive or ?wait, or Consul's ?recurse or ?index, to one key.
 _ONE_KEY_HINT = (
     " (a subtree: GET /v1/keys?prefix=P&values=true; to wait for a change: "
