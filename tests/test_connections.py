@@ -10,10 +10,12 @@ import re
 import resource
 import socket
 import sys
+import threading
 import time
 
 import pytest
 
+import navistore.eventloop
 import navistore.server
 from navistore.client import Client
 from navistore.settings import Settings
@@ -99,6 +101,44 @@ def test_idle_connections_are_not_looked_at_while_others_are_served(tmp_path, mo
         assert asked["idle"] <= idle_count, asked
     finally:
         for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_connections_waiting_together_are_all_taken_in_one_turn(tmp_path, monkeypatch):
+    # waitress takes one connection an event: behind a loop busy serving reads, 64 connections
+    # opened at once got in one a turn, and their first requests waited up to 500 ms.
+    count = 40
+    need_open_files(count + 100)
+    gate = threading.Event()
+    gate.set()
+    taken: list[int] = []  # connections each turn took
+    turn = navistore.eventloop.EventLoop.turn
+
+    def held(loop, timeout):
+        gate.wait(10)
+        before = len(loop._map)
+        turn(loop, timeout)
+        taken.append(len(loop._map) - before)
+
+    monkeypatch.setattr(navistore.eventloop.EventLoop, "turn", held)
+    server = InProcessServer(Settings(store=f"sqlite:///{tmp_path / 'x.db'}", port=0))
+    socks = []
+    try:
+        gate.clear()  # the loop stops before its next turn
+        time.sleep(0.2)  # the turn under way ends (it waits 50 ms at most)
+        socks = [
+            socket.create_connection((server.host, server.port), timeout=10) for _ in range(count)
+        ]
+        gate.set()
+        for sock in socks:
+            sock.sendall(_get("k"))
+        for sock in socks:
+            assert _answer(sock).startswith(b"HTTP/1.1 404")
+        assert max(taken) == count, taken  # one turn took them all
+    finally:
+        gate.set()
+        for sock in socks:
             sock.close()
         server.stop()
 
