@@ -25,9 +25,10 @@ epoll to say the socket has room (it nearly always has); only if it had not does
 for room. Linux only (epoll); elsewhere waitress's loop runs.
 
 The loop can also serve a request itself, between turns (``serve_soon``), with no request thread:
-the server hands it the reads of one key where the process may run on several CPUs (see
-``navistore.server.Dispatcher``). A request thread would take the GIL from the loop's thread, and
-give it back, on another CPU: a context switch each way, each an interrupt across CPUs.
+the server hands it the reads of one key, and listing pages of keys, where the process may run
+on several CPUs (see ``navistore.server.Dispatcher``). A request thread would take the GIL from
+the loop's thread, and give it back, on another CPU: a context switch each way, each an interrupt
+across CPUs.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ CAPABILITIES = {
     "concurrent": "several threads may commit at once, each commit atomic",
     "shared": "several stores (nodes) may open one URL at once; seqs stay gap-free among them",
     "checks": "commit_many takes Check items: a condition on a key, nothing written for it",
-    "local": "get reads this machine's memory or disks, never the network: navistore serve may "
-    "run it in its event loop's thread (see navistore.server.loop_serves_reads)",
+    "local": "get and the scans read this machine's memory or disks, never the network: "
+    "navistore serve may run them in its event loop's thread (navistore.server.quick_read)",
 }
 
 
