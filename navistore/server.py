@@ -538,10 +538,10 @@ def running_at_once() -> int:
 def quick_read(request: Any) -> bool:
     """Whether a waitress request is a read the event loop may serve itself (``loop_serves_reads``):
     a GET or HEAD of one key (one value of at most ``max_value_size``), or a GET of a listing page
-    of keys (at most ``MAX_LIMIT`` entries, which a local store keeps written: see
-    navistore_sqlite's ``_LISTED``). Not a page with ``values`` (up to 4 MiB of them) nor with a
-    ``separator`` (which may skip through many keys to fold them). Bounded work that waits for
-    nothing but the store's read."""
+    of keys (at most ``MAX_LIMIT`` entries; sqlite keeps each one written, see navistore_sqlite's
+    ``_LISTED``). Not a page with ``values`` (up to 4 MiB of them) nor with a ``separator`` (which
+    may skip through many keys to fold them). Bounded work that waits for nothing but the store's
+    read."""
     path = getattr(request, "path", None)
     if path is None:
         return False
@@ -568,9 +568,9 @@ def loop_serves_reads(running: int, capabilities: AbstractSet[str] | None) -> bo
     keys 7,324 -> 10,018. Listing pages of 100 on 1,000,000 keys, with each row's entry kept
     written: 3,967 -> 4,629 req/s, at 216 us of CPU a page against 337 (served by the loop with
     the entries built in the query, 3,850 against 4,300 by a thread: the query's 110 us no longer
-    ran beside the loop). On one CPU a hand-over costs little, and the pool serves
-    faster (GET 13,275 against 11,579 req/s). A backend that reads over the network (PostgreSQL)
-    would stop the loop for each round trip."""
+    ran beside the loop). On one CPU a hand-over costs little, and the pool serves faster (GET
+    13,275 against 11,579 req/s). A backend that reads over the network (PostgreSQL) would stop
+    the loop for each round trip."""
     return running == RUNNING_SPREAD and (capabilities is None or "local" in capabilities)
 
 

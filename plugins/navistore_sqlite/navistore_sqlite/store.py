@@ -107,9 +107,8 @@ _ENTRY = _entry_sql("key", "value", "content_type", "stamp", "expires_at", "size
 # instead of 110 on 1,000,000 keys. Served by the event loop (navistore.server.quick_read), a page
 # costs the loop less than the hand-over to a thread saved, where with the objects built it cost
 # more. About 150 bytes a row (224 -> 377 MB for 1,000,000 keys of 100 bytes loaded through
-# /v1/batch), and 1.5-2.5 us a row written (19 us in one thread). Rows written
-# before the column (or by an older navistore-sqlite, which leaves it NULL) are listed through
-# _ENTRY, as before.
+# /v1/batch), and 1.5-2.5 us a row written (19 us in one thread). Rows written before the column
+# (or by an older navistore-sqlite, which leaves it NULL) are listed through _ENTRY, as before.
 _LISTED = f"coalesce(entry, {_ENTRY})"
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
