@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -84,24 +84,31 @@ _COLUMNS = "key, value, content_type, stamp, deleted, expires_at, seq, size"  # 
 # Read with the value wherever it is kept: FROM _WITH_BLOBS SELECT _READ.
 _WITH_BLOBS = "records LEFT JOIN blobs ON records.size IS NOT NULL AND blobs.id = records.seq"
 _READ = "key, coalesce(blobs.value, records.value), content_type, stamp, deleted, expires_at, seq"
-_SIZE = "coalesce(size, length(value))"
+
+
+def _size_sql(at: Mapping[str, str]) -> str:
+    """A value's size, from the columns (or the parameters, see ``_insert_sql``) that ``at`` names:
+    ``size`` for a value kept apart, else the inline value's length."""
+    return f"coalesce({at['size']}, length({at['value']}))"
+
+
+_STORED = {column: column for column in _COLUMNS.split(", ")}  # each column where it is stored
+_SIZE = _size_sql(_STORED)
 _SIZED = f"key, content_type, stamp, deleted, expires_at, seq, {_SIZE}"  # without the value
 _LIVE = "deleted = 0 AND (expires_at IS NULL OR expires_at > ?)"
 
 
-def _entry_sql(
-    key: str, value: str, content_type: str, stamp: str, expires_at: str, size: str
-) -> str:
-    """A listing entry (navistore.store.listing_entry) in sqlite's JSON, from a row's columns or
-    the parameters that write it. Keys are valid UTF-8."""
+def _entry_sql(at: Mapping[str, str]) -> str:
+    """A listing entry (navistore.store.listing_entry) in sqlite's JSON, from the columns (or the
+    parameters that write them) that ``at`` names. Keys are valid UTF-8."""
     return (
-        f"json_object('key', CAST({key} AS TEXT), 'etag', '\"' || {stamp} || '\"', "
-        f"'size', coalesce({size}, length({value})), 'content_type', {content_type}, "
-        f"'expires_at', {expires_at})"
+        f"json_object('key', CAST({at['key']} AS TEXT), 'etag', '\"' || {at['stamp']} || '\"', "
+        f"'size', {_size_sql(at)}, 'content_type', {at['content_type']}, "
+        f"'expires_at', {at['expires_at']})"
     )
 
 
-_ENTRY = _entry_sql("key", "value", "content_type", "stamp", "expires_at", "size")
+_ENTRY = _entry_sql(_STORED)
 # A row not deleted keeps its listing entry, written by sqlite with the row (``_insert_sql``): a
 # listing page is then its rows' entries joined, not 100 JSON objects built, 44 us in sqlite
 # instead of 110 on 1,000,000 keys. Served by the event loop (navistore.server.quick_read), a page
@@ -182,14 +189,9 @@ def _insert_sql(rows: int) -> str:
     entry (none for a tombstone), built from the row's own parameters."""
     values = []
     for row in range(rows):
-        key, value, content_type, stamp, deleted, expires_at, seq, size = (
-            f"?{8 * row + column}" for column in range(1, 9)
-        )
-        entry = _entry_sql(key, value, content_type, stamp, expires_at, size)
-        values.append(
-            f"({key}, {value}, {content_type}, {stamp}, {deleted}, {expires_at}, {seq}, {size}, "
-            f"CASE WHEN {deleted} THEN NULL ELSE {entry} END)"
-        )
+        at = {column: f"?{len(_STORED) * row + n}" for n, column in enumerate(_STORED, 1)}
+        entry = f"CASE WHEN {at['deleted']} THEN NULL ELSE {_entry_sql(at)} END"
+        values.append(f"({', '.join(at.values())}, {entry})")
     return f"INSERT OR REPLACE INTO records ({_COLUMNS}, entry) VALUES {', '.join(values)}"
 
 
