@@ -173,8 +173,9 @@ class Dispatcher(ThreadedTaskDispatcher):
     page cache. Here idle threads sleep on a stack, the last one to go idle is woken first, and a
     thread that finishes an ordinary request takes the next one itself.
 
-    With ``loop`` set (``loop_serves_reads``), a read of one key that the event loop hands over
-    is served by the loop itself, with no thread at all (``EventLoop.serve_soon``).
+    With ``loop`` set (``loop_serves_reads``), a quick read (``quick_read``: one key, or a page of
+    keys) that the event loop hands over is served by the loop itself, with no thread at all
+    (``EventLoop.serve_soon``).
     """
 
     def __init__(self, ordinary: int, running: int | None = None) -> None:
@@ -187,7 +188,7 @@ class Dispatcher(ThreadedTaskDispatcher):
         self.ordinary_turn = False  # with both kinds waiting, whose turn it is (_next_task)
         self.idle: list[threading.Lock] = []  # each sleeping thread's wake-up, latest last
         self.waking = 0  # threads woken that have not yet looked for a task
-        #: The event loop that serves the reads of one key itself (``loop_serves_reads``), if any.
+        #: The event loop that serves quick reads itself (``loop_serves_reads``), if any.
         self.loop: EventLoop | None = None
 
     def _wake_one(self) -> None:
