@@ -54,4 +54,6 @@ def navistore_routes(node: Node) -> list[tuple[str, Any]]:
 @hookspec
 def navistore_committed(node: Node, record: Record, origin: str) -> None:
     """Run after every commit: ``origin`` is ``"local"`` for a client's write, ``"peer"`` for a
-    replicated one. Keep it quick; it runs on the request thread."""
+    replicated one. Keep it quick; it runs on the thread that committed: a request's thread, or
+    ``navistore serve``'s event loop, which serves small writes itself (see
+    ``navistore.server.quick_write``) and stops every connection until the hook returns."""

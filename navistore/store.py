@@ -30,6 +30,15 @@ Optional methods, which the Node uses when a backend has them:
   does): building records, then dicts, then JSON in Python cost as much as the rest of a listing
   request. The conformance suite checks it against ``scan``.
 
+An optional attribute, which ``navistore serve`` reads when a backend has it:
+
+- ``quick_commits`` (True or False): True says a commit of one row is quick: it writes to this
+  machine and waits for no network and no flush to the disk. Where the event loop serves quick
+  reads (the ``local`` capability, and the process may run on several CPUs), it then serves a
+  PUT or DELETE of one key itself (``navistore.server.quick_write``), each one commit of its own:
+  no request thread, and no hand-over between threads. sqlite says True unless its commits
+  flush (synchronous=full or extra): a flush each must be shared by writers in a group commit.
+
 An optional keyword, which the Node passes only to a backend whose method has it:
 
 - ``changes(since, limit, prefix, values=False)``: the same records without their values (None,

@@ -21,6 +21,7 @@ import navistore.server
 from navistore.client import Client, Forbidden, Unauthorized
 from navistore.node import largest_request
 from navistore.server import (
+    QUICK_WRITE_MAX,
     SEND_BYTES,
     WATCH_THREADS,
     JsonErrorTask,
@@ -110,7 +111,8 @@ class _Task:
     """A waitress task as the dispatcher sees it: a request (path, query) and service()."""
 
     def __init__(self, path: str, query: str, work, command: str = "GET") -> None:
-        self.request = type("Request", (), {"path": path, "query": query, "command": command})()
+        fields = {"path": path, "query": query, "command": command}
+        self.request = type("Request", (), {**fields, "content_length": 1, "chunked": False})()
         self.work = work
 
     def service(self) -> None:
@@ -161,6 +163,15 @@ def test_the_loop_serves_a_quick_read_only_while_no_request_is_in_a_thread():
         last = _Task("/v1/keys/k", "", lambda: ran.append("last"))
         dispatcher.add_task(last)
         assert loop.served[-1] is last and "last" not in ran
+        # A write of one key goes to the loop only where its store's commits are quick.
+        write = _Task("/v1/keys/k", "", lambda: ran.append("write"), command="PUT")
+        dispatcher.add_task(write)
+        wait_until(lambda: "write" in ran)  # loop_writes is off: a thread's
+        dispatcher.loop_writes = True
+        wait_until(lambda: not dispatcher.admitted)
+        quick = _Task("/v1/keys/k", "", lambda: ran.append("quick"), command="PUT")
+        dispatcher.add_task(quick)
+        assert loop.served[-1] is quick and "quick" not in ran
     finally:
         release.set()
         dispatcher.shutdown(timeout=5)
@@ -523,18 +534,21 @@ def _request_thread_switches(pid: int) -> int:
     return switches
 
 
-def _switches_for(server: ServerProcess, method: str, count: int, path: str = "/v1/keys/k") -> int:
+def _switches_for(
+    server: ServerProcess, method: str, count: int, path: str = "/v1/keys/k", body: bytes = b"v"
+) -> int:
     """The request threads' context switches for ``count`` requests, one after another on one
-    keep-alive connection."""
+    keep-alive connection (a PUT sends ``body``)."""
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     try:
         conn.request("PUT", "/v1/keys/k", body=b"v")  # the connection open, the key there
         assert conn.getresponse().read()
         before = _request_thread_switches(server.proc.pid)
         for _ in range(count):
-            conn.request(method, path, body=b"v" if method == "PUT" else None)
+            conn.request(method, path, body=body if method == "PUT" else None)
             response = conn.getresponse()
-            assert response.status in (200, 201), response.read()
+            # A DELETE of the key deleted already: 404, served all the same.
+            assert response.status in (200, 201, 404), response.read()
             response.read()
         return _request_thread_switches(server.proc.pid) - before
     finally:
@@ -545,33 +559,53 @@ def _switches_for(server: ServerProcess, method: str, count: int, path: str = "/
     not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
     reason="needs 2 CPUs to run on, to serve unpinned and pinned",
 )
-def test_reads_of_one_key_are_served_by_the_event_loop_anywhere_and_by_threads_on_one_cpu(
-    tmp_path,
+@pytest.mark.parametrize(
+    ("store", "pinned", "reads_by_loop", "writes_by_loop"),
+    [
+        ("sqlite:///l.db", False, True, True),
+        # Each commit waits for a flush to the disk: writers share it in a thread's group commit.
+        ("sqlite:///f.db?synchronous=full", False, True, False),
+        ("sqlite:///p.db", True, False, False),
+    ],
+)
+def test_reads_and_writes_of_one_key_are_served_by_the_event_loop_anywhere_with_sqlite(
+    tmp_path, store, pinned, reads_by_loop, writes_by_loop
 ):
     # Anywhere, a GET of one key with a local backend (sqlite) is served by the loop's own thread:
-    # no request thread wakes for it. A PUT still goes to a request thread (it waits for a commit),
-    # and pinned, where a hand-over costs little, the threads serve GET too.
-    cpu = max(os.sched_getaffinity(0))
-    for pinned, by_loop in (([], True), (["--cpus", str(cpu)], False)):
-        server = ServerProcess(["--store", "sqlite:///l.db", *pinned], tmp_path)
-        try:
-            started = next(line for line in server.log if "serving on" in line)
-            served = "reads of one key and pages of keys served by the event loop"
-            assert (served in started) is by_loop, started
-            gets = _switches_for(server, "GET", 300)
-            heads = _switches_for(server, "HEAD", 100)
-            pages = _switches_for(server, "GET", 100, "/v1/keys?prefix=k&limit=10")
-            puts = _switches_for(server, "PUT", 100)
-            # A page of values (up to 4 MiB) or one that folds keys goes to a thread anywhere.
-            values = _switches_for(server, "GET", 50, "/v1/keys?values=true")
-            folded = _switches_for(server, "GET", 50, "/v1/keys?separator=/")
-            if by_loop:  # the purge thread, the committer and the like may wake a few times
-                assert gets < 60 and heads < 30 and pages < 30, (gets, heads, pages)
-            else:
-                assert gets >= 300 and heads >= 100 and pages >= 100, (gets, heads, pages)
-            assert puts >= 100 and values >= 50 and folded >= 50, (puts, values, folded)
-        finally:
-            assert server.stop() == 0
+    # no request thread wakes for it; so is a PUT or a DELETE of one key, while sqlite's commits
+    # wait for no flush. Pinned, where a hand-over costs little, the threads serve them all.
+    cpus = ["--cpus", str(max(os.sched_getaffinity(0)))] if pinned else []
+    server = ServerProcess(["--store", store, *cpus], tmp_path)
+    try:
+        started = next(line for line in server.log if "serving on" in line)
+        reads = ", reads of one key and pages of keys served by the event loop"
+        writes = ", reads and writes of one key and pages of keys served by the event loop"
+        assert (reads in started) is (reads_by_loop and not writes_by_loop), started
+        assert (writes in started) is writes_by_loop, started
+        gets = _switches_for(server, "GET", 300)
+        heads = _switches_for(server, "HEAD", 100)
+        pages = _switches_for(server, "GET", 100, "/v1/keys?prefix=k&limit=10")
+        puts = _switches_for(server, "PUT", 100)
+        deletes = _switches_for(server, "DELETE", 100)
+        # Anywhere, a page of values (up to 4 MiB), one that folds keys, a value over
+        # QUICK_WRITE_MAX and a delete by prefix go to a thread.
+        values = _switches_for(server, "GET", 50, "/v1/keys?values=true")
+        folded = _switches_for(server, "GET", 50, "/v1/keys?separator=/")
+        large = _switches_for(server, "PUT", 50, body=b"v" * (QUICK_WRITE_MAX + 1))
+        by_prefix = _switches_for(server, "DELETE", 50, "/v1/keys?prefix=k")
+        # The purge thread, the committer and the like may wake a few times meanwhile.
+        if reads_by_loop:
+            assert gets < 60 and heads < 30 and pages < 30, (gets, heads, pages)
+        else:
+            assert gets >= 300 and heads >= 100 and pages >= 100, (gets, heads, pages)
+        if writes_by_loop:
+            assert puts < 30 and deletes < 30, (puts, deletes)
+        else:
+            assert puts >= 100 and deletes >= 100, (puts, deletes)
+        assert values >= 50 and folded >= 50, (values, folded)
+        assert large >= 50 and by_prefix >= 50, (large, by_prefix)
+    finally:
+        assert server.stop() == 0
 
 
 def test_the_loop_hands_pipelined_reads_of_large_values_to_the_threads(tmp_path):
@@ -623,6 +657,44 @@ def test_the_loop_hands_pipelined_reads_of_large_values_to_the_threads(tmp_path)
 def test_the_loop_serves_reads_of_one_key_and_pages_of_keys_only(command, path, query, quick):
     request = types.SimpleNamespace(command=command, path=path, query=query)
     assert navistore.server.quick_read(request) is quick
+
+
+@pytest.mark.parametrize(
+    ("command", "path", "query", "length", "chunked", "quick"),
+    [
+        ("PUT", "/v1/keys/a/b", "", 100, False, True),
+        ("PUT", "/v1/keys/a", "ttl=30", 0, False, True),
+        ("PUT", "/v1/keys/a", "", QUICK_WRITE_MAX, False, True),
+        ("PUT", "/v1/keys/a", "", QUICK_WRITE_MAX + 1, False, False),
+        ("PUT", "/v1/keys/a", "", 0, True, False),  # its length is known only once received
+        ("DELETE", "/v1/keys/a", "", 0, False, True),
+        ("DELETE", "/v1/keys", "prefix=a", 0, False, False),
+        ("POST", "/v1/batch", "", 100, False, False),
+        ("PUT", "/v1/keys/", "", 1, False, False),
+        ("POST", "/v1/keys/a", "", 1, False, False),
+        ("GET", "/v1/keys/a", "", 0, False, False),  # a read: quick_read's
+    ],
+)
+def test_the_loop_serves_writes_of_one_key_and_small_values_only(
+    command, path, query, length, chunked, quick
+):
+    request = types.SimpleNamespace(
+        command=command, path=path, query=query, content_length=length, chunked=chunked
+    )
+    assert navistore.server.quick_write(request) is quick
+
+
+def test_the_loop_serves_writes_only_to_a_store_whose_commits_are_quick(tmp_path):
+    from navistore_sqlite.store import SqliteStore
+
+    for synchronous, quick in (("normal", True), ("off", True), ("full", False), ("extra", False)):
+        store = SqliteStore(str(tmp_path / f"{synchronous}.db"), synchronous=synchronous)
+        try:
+            assert navistore.server.quick_commits(store) is quick, synchronous
+        finally:
+            store.close()
+    assert not navistore.server.quick_commits(object())  # a store that does not say
+    assert not navistore.server.quick_commits(types.SimpleNamespace(quick_commits="yes"))
 
 
 def test_the_loop_serves_reads_only_anywhere_and_only_from_a_local_backend():

@@ -300,6 +300,10 @@ class SqliteStore:
         self.path = path
         self._synchronous = synchronous.upper()
         self._busy_timeout = busy_timeout
+        #: A commit of one row writes to the WAL and waits for no flush to the disk (but with
+        #: synchronous=full or extra): navistore serve may run it in its event loop
+        #: (navistore.server.quick_commits). With a flush each, writers must share it in a group.
+        self.quick_commits = self._synchronous in ("OFF", "NORMAL")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
