@@ -149,6 +149,7 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
 
 
 _GROUP_MAX = 64  # writers committed in one transaction at most
+_PURGE_CHUNK = 500  # rows a purge expires or drops in one transaction at most (see purge)
 _SHRINK_PAGES = 256  # free pages given back to the file system in one go (see _shrink)
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's answer for INCREMENTAL
 # The WAL is reused from its start after each checkpoint, and kept at the largest it grew to
@@ -753,39 +754,63 @@ class SqliteStore:
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
         """Expired records become tombstones, old tombstones go. The read cache loses the keys
         that expired (Node purges expiries as they fall due, up to once a second), and all of its
-        entries only when tombstones were dropped (a cached tombstone would outlive its row)."""
+        entries only when tombstones were dropped (a cached tombstone would outlive its row).
+
+        Up to ``_PURGE_CHUNK`` rows a transaction, each under the write lock on its own, so that
+        writers go on in between: 100,000 keys that expired together held the lock for 830 ms,
+        and ``navistore serve``'s event loop, which commits small writes itself
+        (``quick_commits``), would have stopped every connection that long."""
+        purged = 0
+        while (expired := self._expire_some(now)) > 0:
+            purged += expired
+            if expired < _PURGE_CHUNK:
+                break
+        while (dropped := self._drop_some(tombstones_upto_seq, tombstones_before_stamp)) > 0:
+            purged += dropped
+            if dropped < _PURGE_CHUNK:
+                break
+        self._shrink()
+        return purged
+
+    def _expire_some(self, now: float) -> int:
+        """Turn up to ``_PURGE_CHUNK`` of the records expired by ``now`` into tombstones, in one
+        transaction, in the order they fell due (the order of the expiry index: no sort)."""
         with self._cache.committing(), self._writing() as conn:
             expired = conn.execute(
                 "SELECT key, seq, size FROM records WHERE deleted = 0 AND expires_at IS NOT NULL "
-                "AND expires_at <= ? ORDER BY seq",
-                (now,),
+                "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+                (now, _PURGE_CHUNK),
             ).fetchall()
+            if not expired:
+                return 0
             self._cache.take([key.decode("utf-8") for key, _, _ in expired])
-            if expired:
-                self._pending_not_deleted -= len(expired)
-                first = self._next_seqs(len(expired))
-                conn.executemany(
-                    "DELETE FROM blobs WHERE id = ?",
-                    [(seq,) for _, seq, size in expired if size is not None],
-                )
-                conn.executemany(
-                    "UPDATE records SET deleted = 1, value = x'', size = NULL, expires_at = NULL, "
-                    "entry = NULL, seq = ? WHERE key = ?",
-                    [(first + i, key) for i, (key, _, _) in enumerate(expired)],
-                )
+            self._pending_not_deleted -= len(expired)
+            first = self._next_seqs(len(expired))
+            conn.executemany(
+                "DELETE FROM blobs WHERE id = ?",
+                [(seq,) for _, seq, size in expired if size is not None],
+            )
+            conn.executemany(
+                "UPDATE records SET deleted = 1, value = x'', size = NULL, expires_at = NULL, "
+                "entry = NULL, seq = ? WHERE key = ?",
+                [(first + i, key) for i, (key, _, _) in enumerate(expired)],
+            )
+        return len(expired)
+
+    def _drop_some(self, upto_seq: int, before_stamp: str) -> int:
+        """Drop up to ``_PURGE_CHUNK`` of the tombstones up to ``upto_seq`` stamped before
+        ``before_stamp``, in one transaction (through the tombstones index)."""
+        with self._cache.committing(), self._writing() as conn:
             dropped = conn.execute(
-                "DELETE FROM records WHERE deleted = 1 AND seq <= ? AND stamp < ?",
-                (tombstones_upto_seq, tombstones_before_stamp),
+                "DELETE FROM records WHERE key IN (SELECT key FROM records WHERE deleted = 1 "
+                "AND seq <= ? AND stamp < ? LIMIT ?)",
+                (upto_seq, before_stamp, _PURGE_CHUNK),
             ).rowcount
             if dropped:
                 self._cache.clear()
-            # The newest seq may have gone with a tombstone: keep it, so it is never reused.
-            conn.execute(
-                "UPDATE counter SET last_seq = ? WHERE id = 1",
-                (self._last_seq if self._pending_seq is None else self._pending_seq,),
-            )
-        self._shrink()
-        return len(expired) + dropped
+                # The newest seq may have gone with a tombstone: keep it, so it is never reused.
+                conn.execute("UPDATE counter SET last_seq = ? WHERE id = 1", (self._last_seq,))
+        return dropped
 
     def _shrink(self) -> None:
         """Give free pages back to the file system once they are over a quarter of the file:

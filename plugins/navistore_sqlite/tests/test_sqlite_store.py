@@ -189,6 +189,43 @@ def test_a_purge_of_expiries_keeps_the_other_keys_cached(store):
     assert store.get("stays").value == b"1"
 
 
+def test_a_purge_lets_writers_in_between_its_chunks(store, monkeypatch):
+    # 100,000 keys that expired together held the write lock for 830 ms in one transaction, and
+    # with it every writer, and navistore serve's event loop, which commits small writes itself.
+    import navistore_sqlite.store
+
+    monkeypatch.setattr(navistore_sqlite.store, "_PURGE_CHUNK", 10)
+    for n in range(25):  # due in the reverse order of their keys and seqs
+        store.commit(Record(f"e{n:02d}", b"v", stamp=stamp(n), expires_at=100.0 - n), ANY)
+    for n in range(25):
+        store.commit(Record(f"d{n:02d}", deleted=True, stamp=stamp(100 + n)), ANY)
+    store.commit(Record("stays", b"v", stamp=stamp(200)), ANY)
+    before = store.last_seq()
+    taken = []
+
+    class Counting:  # the write lock, counting the times it is taken
+        def __init__(self, lock) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> None:
+            taken.append(1)
+            self.lock.acquire()
+
+        def __exit__(self, *exc_info) -> None:
+            self.lock.release()
+
+    store._write_lock = Counting(store._write_lock)
+    assert store.purge(1000.0, before, stamp(1000)) == 50
+    assert len(taken) >= 6  # 10 + 10 + 5 expiries, 10 + 10 + 5 tombstones; 1 all at once
+    # Every expiry is a tombstone with a seq of its own, in the order they fell due.
+    tombstones = store.changes(before, 100)
+    assert [r.key for r in tombstones] == [f"e{n:02d}" for n in reversed(range(25))]
+    assert [r.seq for r in tombstones] == list(range(before + 1, before + 26))
+    assert all(r.deleted for r in tombstones) and store.last_seq() == before + 25
+    assert not [r for r in store.changes(0, 1000) if r.key.startswith("d")]  # dropped
+    assert store.get("stays").value == b"v" and store.get("e00") is None
+
+
 def test_the_read_cache_keeps_to_its_budget_dropping_the_oldest_first():
     cache = ReadCache(budget_bytes=10_000)
     records = [Record(f"k{i:03d}", b"x" * 100, stamp=stamp(i)) for i in range(200)]
