@@ -142,7 +142,10 @@ class Store(Protocol):
     def purge(self, now: float, tombstones_upto_seq: int, tombstones_before_stamp: str) -> int:
         """Turn records expired at ``now`` into tombstones (same stamp, new seq), then drop
         tombstones with seq <= ``tombstones_upto_seq`` and stamp < ``tombstones_before_stamp``.
-        Return how many records changed or went. Seqs are never reused afterwards."""
+        Return how many records changed or went. Seqs are never reused afterwards. A store may
+        do it in several transactions (the same as several purges in a row: each expired record
+        is a tombstone or not yet, and reads do not show it either way), so that writers need
+        not wait for a large one; sqlite does, 500 rows at a time."""
         ...
 
     def close(self) -> None:
