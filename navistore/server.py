@@ -556,7 +556,7 @@ def quick_read(request: Any) -> bool:
     if path is None:
         return False
     if path.startswith(KEY_ROUTE):
-        return len(path) > len(KEY_ROUTE) and request.command in ("GET", "HEAD")
+        return _one_key(path) and request.command in ("GET", "HEAD")
     if path != KEYS_ROUTE or request.command != "GET":
         return False
     names = (part.partition("=")[0] for part in request.query.split("&"))
@@ -564,6 +564,12 @@ def quick_read(request: Any) -> bool:
 
 
 _SLOW_PAGE = frozenset(("values", "separator"))
+
+
+def _one_key(path: str | None) -> bool:
+    """Whether a request's path names one key (``/v1/keys/`` and a key after it)."""
+    return path is not None and path.startswith(KEY_ROUTE) and len(path) > len(KEY_ROUTE)
+
 
 #: The largest body of a write the event loop serves itself (``quick_write``): a larger value
 #: goes to a request thread, as do the batches (up to 128 writes) and the deletes by prefix.
@@ -575,8 +581,7 @@ def quick_write(request: Any) -> bool:
     commits are quick, ``quick_commits``): a PUT of one key with a body of at most
     ``QUICK_WRITE_MAX`` bytes (not chunked, so its length is known), or a DELETE of one key. One
     commit of one row: bounded work that waits for nothing but the store's write."""
-    path = getattr(request, "path", None)
-    if path is None or not path.startswith(KEY_ROUTE) or len(path) == len(KEY_ROUTE):
+    if not _one_key(getattr(request, "path", None)):
         return False
     if request.command == "DELETE":
         return True
