@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -204,6 +204,17 @@ def _powers_of_two(count: int) -> Iterator[tuple[int, int]]:
         size = min(_CHUNK, 1 << ((count - start).bit_length() - 1))
         yield start, size
         start += size
+
+
+def _in_chunks(chunk: Callable[[], int]) -> int:
+    """Run ``chunk`` (one transaction of up to ``_PURGE_CHUNK`` rows, answering how many) until
+    it does fewer; the rows of them all."""
+    total = 0
+    while True:
+        rows = chunk()
+        total += rows
+        if rows < _PURGE_CHUNK:
+            return total
 
 
 def _lock_exclusively(path: str) -> IO[bytes]:
@@ -760,17 +771,10 @@ class SqliteStore:
         writers go on in between: 100,000 keys that expired together held the lock for 830 ms,
         and ``navistore serve``'s event loop, which commits small writes itself
         (``quick_commits``), would have stopped every connection that long."""
-        purged = 0
-        while (expired := self._expire_some(now)) > 0:
-            purged += expired
-            if expired < _PURGE_CHUNK:
-                break
-        while (dropped := self._drop_some(tombstones_upto_seq, tombstones_before_stamp)) > 0:
-            purged += dropped
-            if dropped < _PURGE_CHUNK:
-                break
+        expired = _in_chunks(lambda: self._expire_some(now))
+        dropped = _in_chunks(lambda: self._drop_some(tombstones_upto_seq, tombstones_before_stamp))
         self._shrink()
-        return purged
+        return expired + dropped
 
     def _expire_some(self, now: float) -> int:
         """Turn up to ``_PURGE_CHUNK`` of the records expired by ``now`` into tombstones, in one
