@@ -54,3 +54,25 @@ def make_node(tmp_path):
 @pytest.fixture
 def node(make_node):
     return make_node()
+
+
+@pytest.fixture
+def wal_commits():
+    """Count the commits in a sqlite database's write-ahead log (``path``-wal) since it last
+    began again: the frames whose header holds the database's size after the commit (other
+    frames hold 0), stopping at the first frame left from before (its salts differ)."""
+
+    def count(path: Path) -> int:
+        wal = Path(f"{path}-wal").read_bytes()
+        if len(wal) < 32:
+            return 0
+        page_size = int.from_bytes(wal[8:12], "big")
+        salts = wal[16:24]
+        commits = 0
+        for at in range(32, len(wal) - 24 - page_size + 1, 24 + page_size):
+            if wal[at + 8 : at + 16] != salts:
+                break
+            commits += int.from_bytes(wal[at + 4 : at + 8], "big") != 0
+        return commits
+
+    return count

@@ -26,9 +26,10 @@ for room. Linux only (epoll); elsewhere waitress's loop runs.
 
 The loop can also serve a request itself, between turns (``serve_soon``), with no request thread:
 the server hands it the reads of one key, and listing pages of keys, where the process may run
-on several CPUs (see ``navistore.server.Dispatcher``). A request thread would take the GIL from
-the loop's thread, and give it back, on another CPU: a context switch each way, each an interrupt
-across CPUs.
+on several CPUs (see ``navistore.server.Dispatcher``), and writes of one key where the store's
+commits are quick; the writes of one turn commit together (``navistore.turns``). A request
+thread would take the GIL from the loop's thread, and give it back, on another CPU: a context
+switch each way, each an interrupt across CPUs.
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ from typing import Any
 
 from waitress.wasyncore import readwrite
 
+from navistore.turns import Turn
+
 _READ = select.POLLIN | select.POLLPRI
 _WRITE = select.POLLOUT
+#: The writes the loop serves before it commits them together and answers them (see
+#: ``navistore.turns``): a write waits for those served after it in the turn.
+WRITES_A_COMMIT = 16
+_WRITES = frozenset(("PUT", "DELETE"))  # what the loop may be handed to write (quick_write)
 #: Connections a listening socket takes in one turn at most. waitress takes one an event, and a
 #: turn lasts as long as the requests the loop serves in it: wrk opening 64 connections at once
 #: on a server whose loop serves listing pages took them in one a turn, each turn longer than the
@@ -74,6 +81,9 @@ class EventLoop:
         #: The server's thread pool (``navistore.server.Dispatcher``), where a read the loop was
         #: handed goes when the loop may not serve it (``serve_soon``).
         self.pool: Any = None
+        #: Whether the writes the loop serves in a turn may wait for its end, to commit together
+        #: (``navistore.turns``; set where the store commits in groups).
+        self.batches_writes = False
 
     @staticmethod
     def available() -> bool:
@@ -112,22 +122,39 @@ class EventLoop:
         self._soon.append(channel)
 
     def _serve(self) -> None:
+        """Serve what was handed to the loop (``serve_soon``). With ``batches_writes``, each
+        write in a greenlet of its own (``navistore.turns``): a write that waits for its commit
+        lets the loop serve the next request, and at the end the writes commit together."""
         soon = self._soon
-        while soon:
-            channel = soon.popleft()
-            if (
-                len(channel.requests) != 1
-                or channel.total_outbufs_len
-                or not channel.connected
-                or not self.pool.loop_may_serve()
-            ):
-                # A thread may have to wait for the answers before it to drain (waitress's
-                # outbuf_high_watermark): the loop cannot, as it is what sends them. And since
-                # the read was handed over, another request may have gone to a thread.
-                self.pool.to_pool(channel)
-                continue
-            channel.service()  # a request behind it comes back through serve_soon
-            self._look(channel)  # and the answer goes out now
+        turn = Turn() if self.batches_writes else None
+        while True:
+            while soon:
+                channel = soon.popleft()
+                if (
+                    len(channel.requests) != 1
+                    or channel.total_outbufs_len
+                    or not channel.connected
+                    or not self.pool.loop_may_serve()
+                ):
+                    # A thread may have to wait for the answers before it to drain (waitress's
+                    # outbuf_high_watermark): the loop cannot, as it is what sends them. And
+                    # since the read was handed over, another request may have gone to a thread.
+                    self.pool.to_pool(channel)
+                    continue
+                if turn is not None and channel.requests[0].command in _WRITES:
+                    if not turn.serve(channel.service, channel):
+                        if len(turn.waiting) >= WRITES_A_COMMIT:
+                            break  # commit these now, and answer them, before serving more
+                        continue  # it waits for its commit, at the end of the turn
+                else:
+                    channel.service()  # a request behind it comes back through serve_soon
+                self._look(channel)  # and the answer goes out now
+            if turn is None or not turn.waiting:
+                return
+            for served, channel in turn.end():  # the commits, then the answers
+                serving(channel)  # Channel.service set it, and the next request unset it
+                if turn.go_on(served, channel):
+                    self._look(channel)
 
     def _accept(self, listener: Any) -> None:
         """Take the connections waiting on ``listener``, up to ``ACCEPTS_PER_TURN`` and within

@@ -468,6 +468,7 @@ def make_server(
     if loop is not None and loop_serves_reads(running, capabilities):
         dispatcher.loop, loop.pool = loop, dispatcher
         dispatcher.loop_writes = node is None or quick_commits(node.store)
+        loop.batches_writes = node is not None and dispatcher.loop_writes  # the stub: no store
     if node is not None:
         most = options["connection_limit"] - 2
         node.connections = lambda: (sum(len(s.active_channels) for s in serving), most)
@@ -596,11 +597,12 @@ def quick_commits(store: Any) -> bool:
     """Whether ``store`` says a commit of one row is quick: it writes to this machine and does
     not wait for the disk to flush (the optional ``quick_commits`` attribute; sqlite's, unless
     synchronous is full or extra). Then, where the loop serves reads (``loop_serves_reads``), it
-    serves quick writes too, each one commit of its own: anywhere on 2 cores that wrk shares, PUT
-    of 1,000 keys 3,314 -> 4,931 req/s at 16 connections and 3,473 -> 4,889 at 64, at 197 us of
-    CPU a PUT against 335; mixed 90/10 7,051 -> 8,603 and 7,509 -> 9,707; p99 at 64 connections
-    26.9 -> 18.6 ms (one server of each, in the same run). A writer in a thread waits for the
-    group commit, and each hand-over between threads on two CPUs wakes the other CPU.
+    serves quick writes too: anywhere on 2 cores that wrk shares, PUT of 1,000 keys 3,314 ->
+    4,931 req/s at 16 connections and 3,473 -> 4,889 at 64, at 197 us of CPU a PUT against 335;
+    mixed 90/10 7,051 -> 8,603 and 7,509 -> 9,707; p99 at 64 connections 26.9 -> 18.6 ms (one
+    server of each, in the same run), each write one commit of its own. A writer in a thread
+    waits for the group commit, and each hand-over between threads on two CPUs wakes the other
+    CPU. The writes the loop serves in one turn now share a commit too (``navistore.turns``).
     A commit that waits for the disk to flush must share the flush with other writers in one
     group commit, which the loop, serving one request at a time, cannot: with sqlite's
     synchronous=full, PUT fell from 3,415 to 2,159 req/s served by the loop."""

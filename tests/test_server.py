@@ -19,6 +19,7 @@ from waitress.server import BaseWSGIServer, MultiSocketServer
 
 import navistore.server
 from navistore.client import Client, Forbidden, Unauthorized
+from navistore.eventloop import WRITES_A_COMMIT
 from navistore.node import largest_request
 from navistore.server import (
     QUICK_WRITE_MAX,
@@ -606,6 +607,63 @@ def test_reads_and_writes_of_one_key_are_served_by_the_event_loop_anywhere_with_
         assert large >= 50 and by_prefix >= 50, (large, by_prefix)
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs 2 CPUs to run on, for the loop to serve writes",
+)
+def test_the_writes_the_loop_serves_in_one_turn_share_a_commit(tmp_path, wal_commits):
+    # Anywhere, the event loop serves writes of one key; those it is handed in one turn wait for
+    # each other and commit together, up to WRITES_A_COMMIT a commit (navistore.turns). The
+    # server is stopped while the writes are sent, so that one turn finds them all.
+    server = ServerProcess(["--store", "sqlite:///t.db"], tmp_path)
+    count = 2 * WRITES_A_COMMIT
+    socks = [socket.create_connection((server.host, server.port), 30) for _ in range(count)]
+    try:
+        for sock in socks:  # each connection accepted, and its first answer read
+            sock.sendall(b"GET /v1/keys/none HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _answer(sock)[0] == 404
+        before = wal_commits(tmp_path / "t.db")
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: _stopped(server.proc.pid))  # a signal takes effect a little later
+            for n, sock in enumerate(socks):
+                # The last two write the same key, if it is absent: one of them only.
+                key, condition = (
+                    (f"k{n}", "") if n < count - 2 else ("same", "If-None-Match: *\r\n")
+                )
+                sock.sendall(
+                    f"PUT /v1/keys/{key} HTTP/1.1\r\nHost: x\r\n{condition}"
+                    f"Content-Length: 2\r\n\r\nv{n % 10}".encode()
+                )
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        statuses = [_answer(sock)[0] for sock in socks]
+        assert statuses[:-2] == [201] * (count - 2) and sorted(statuses[-2:]) == [201, 412]
+        assert wal_commits(tmp_path / "t.db") - before == 2  # 32 writes, 16 a commit
+        client = Client(server.url)
+        assert [client.get(f"k{n}").value for n in range(3)] == [b"v0", b"v1", b"v2"]
+    finally:
+        for sock in socks:
+            sock.close()
+        assert server.stop() == 0
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (by SIGSTOP)."""
+    states = [
+        (task / "stat").read_text().rpartition(")")[2].split()[0]
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    ]
+    return all(state == "T" for state in states)
+
+
+def _answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one HTTP answer from ``sock`` (a keep-alive connection): its status and body."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, response.read()
 
 
 def test_the_loop_hands_pipelined_reads_of_large_values_to_the_threads(tmp_path):

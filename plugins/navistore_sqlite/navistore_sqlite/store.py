@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from navistore import slots
+from navistore import slots, turns
 from navistore.errors import (
     PreconditionFailed,
     SettingsError,
@@ -322,6 +322,7 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         self._work = threading.Lock()  # guards the queue, _committing, _idle and _closed
         self._queue: list[_Waiter] = []
+        self._turn: list[_Waiter] = []  # writers waiting for the end of the loop's turn
         self._committer: threading.Thread | None = None
         # The committer sleeps on the bell (held) with _idle set; whoever clears _idle rings it.
         # A plain lock: a threading.Condition's enter, exit, wait and notify are Python code.
@@ -517,7 +518,9 @@ class SqliteStore:
     ) -> list[tuple[Record, Record | None]]:
         """Commit through a group commit: a writer alone (nobody writing, and no other request in
         hand: ``navistore.slots.crowded``) commits at once, itself; otherwise it queues up, and
-        the store's committer thread commits every writer waiting (up to 64) together. Each
+        the store's committer thread commits every writer waiting (up to 64) together. A writer
+        that ``navistore serve``'s event loop serves waits for the end of the loop's turn
+        instead, when the loop commits the turn's writers together (``navistore.turns``). Each
         writer's checks run against what the database holds after the writers before it, before
         any of its rows is written: a writer whose check fails is left out, the others commit.
         Every writer returns only after the commit that holds its write, so an acknowledged write
@@ -531,6 +534,15 @@ class SqliteStore:
         if not items:
             return []
         waiter = _Waiter(items)
+        if turns.may_wait():  # served by the event loop: it commits the turn's writes together
+            with self._work:
+                if self._closed:
+                    raise StoreError("the store is closed")
+                self._turn.append(waiter)
+            turns.wait_for(self._commit_turn)
+            if waiter.error is not None:
+                raise waiter.error
+            return waiter.result  # type: ignore[return-value]  # set, as error was not
         with self._work:
             if self._closed:
                 raise StoreError("the store is closed")
@@ -572,6 +584,16 @@ class SqliteStore:
                 self._commit_and_finish(group, wake=True)
             else:
                 self._bell.acquire()  # until a writer queues up (or the store closes)
+
+    def _commit_turn(self) -> None:
+        """Commit the writers that waited for the end of the event loop's turn
+        (``navistore.turns``), in the order they came, up to ``_GROUP_MAX`` a group."""
+        with self._work:
+            waiting, self._turn = self._turn, []
+        for start in range(0, len(waiting), _GROUP_MAX):
+            with self._work:
+                self._committing += 1  # a writer in a thread meanwhile queues for the committer
+            self._commit_and_finish(waiting[start : start + _GROUP_MAX], wake=False)
 
     def _ring(self) -> None:
         """Wake the committer if it sleeps (under ``self._work``). Every writer that queues up

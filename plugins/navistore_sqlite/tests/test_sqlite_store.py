@@ -820,3 +820,43 @@ def test_rows_written_without_an_entry_are_listed_as_before(tmp_path):
         assert store.meta_get("sqlite.schema_version") == "2"  # readable by the version before
     finally:
         store.close()
+
+
+def test_writers_the_event_loop_serves_in_one_turn_commit_together(tmp_path, wal_commits):
+    """Served by navistore serve's event loop in one turn (navistore.turns), writers queue and
+    wait for the end of the turn, when one commit holds them all; each is checked against what
+    the writers before it left, and a writer whose check fails is left out alone."""
+    from navistore.errors import PreconditionFailed
+    from navistore.record import ABSENT
+    from navistore.turns import Turn
+
+    path = tmp_path / "t.db"
+    store = SqliteStore(str(path))
+    outcomes: dict[str, object] = {}
+
+    def writer(name: str, key: str, expect) -> None:
+        try:
+            record = Record(key, name.encode(), stamp=stamp(1 + int(name[1:])))
+            outcomes[name] = store.commit(record, expect)
+        except PreconditionFailed as exc:
+            outcomes[name] = exc
+
+    try:
+        store.commit(Record("old", b"v", stamp=stamp(0)), ANY)
+        before = wal_commits(path)
+        turn = Turn()
+        writers = [("w0", "k0", ANY), ("w1", "k1", ABSENT), ("w2", "k1", ABSENT)]
+        writers += [("w3", "old", ABSENT), ("w4", "old", ANY), ("w5", "k2", ANY)]
+        for name, key, expect in writers:
+            assert not turn.serve(lambda a=(name, key, expect): writer(*a), name)  # waits
+        assert outcomes == {} and store.get("k0") is None and wal_commits(path) == before
+        waiting = turn.end()
+        assert wal_commits(path) == before + 1  # one commit for the turn's writers
+        assert all(turn.go_on(served, name) for served, name in waiting)
+        assert isinstance(outcomes["w2"], PreconditionFailed)  # w1 wrote k1 before it
+        assert isinstance(outcomes["w3"], PreconditionFailed)
+        assert [outcomes[n][0].seq for n in ("w0", "w1", "w4", "w5")] == [2, 3, 4, 5]
+        assert outcomes["w4"][1].value == b"v"  # it replaced the row written before the turn
+        assert store.get("k1").value == b"w1" and store.get("old").value == b"w4"
+    finally:
+        store.close()
