@@ -534,20 +534,14 @@ class SqliteStore:
         if not items:
             return []
         waiter = _Waiter(items)
-        if turns.may_wait():  # served by the event loop: it commits the turn's writes together
-            with self._work:
-                if self._closed:
-                    raise StoreError("the store is closed")
-                self._turn.append(waiter)
-            turns.wait_for(self._commit_turn)
-            if waiter.error is not None:
-                raise waiter.error
-            return waiter.result  # type: ignore[return-value]  # set, as error was not
+        in_turn = turns.may_wait()  # served by the event loop: it commits the turn's writes
         with self._work:
             if self._closed:
                 raise StoreError("the store is closed")
-            alone = not self._queue and not self._committing and not slots.crowded()
-            if alone:
+            alone = not in_turn and not self._queue and not self._committing and not slots.crowded()
+            if in_turn:
+                self._turn.append(waiter)
+            elif alone:
                 self._committing += 1  # nobody else writing: commit here, with no hand-over
             else:
                 self._queue.append(waiter)
@@ -558,7 +552,9 @@ class SqliteStore:
                     self._committer.start()
                 else:
                     self._ring()
-        if alone:
+        if in_turn:
+            turns.wait_for(self._commit_turn)  # together, at the end of the loop's turn
+        elif alone:
             self._commit_and_finish([waiter], wake=False)
         else:
             waiter.sleep()
